@@ -1,0 +1,61 @@
+"""`hwnas` command line: one module per command, each with `add_arguments(parser)` and `run(args) -> int`.
+
+A user's mistake (HwnasError) prints one line `hwnas: error: ...` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from hwnas.errors import HwnasError
+
+COMMANDS = {
+    "search": "search an architecture (DARTS, PC-DARTS, GDAS, ProxylessNAS, random) on a supernet",
+    "train": "train a derived network from scratch",
+    "export": "export a network to ONNX / TFLite, check it numerically and time it",
+    "profile": "measure per-op latency on a device into a lookup table",
+    "targets": "list the latency tables available as search targets",
+    "predict": "predict latency for op configurations a table lacks",
+    "info": "versions, backends found and latency tables available",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module_name = f"hwnas.cli.{name}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except HwnasError as err:
+        print(f"hwnas: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

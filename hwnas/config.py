@@ -1,0 +1,149 @@
+"""Typed, frozen configs with a JSON round trip. CLI flags map one-to-one onto fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from hwnas.errors import HwnasError
+
+C = TypeVar("C", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin: to_json / from_json for a dataclass; unknown keys are an error, missing keys take defaults."""
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls: type[C], data: dict[str, Any]) -> C:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise HwnasError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class DataConfig(JsonConfig):
+    dataset: str = "digits"  # digits ships inside scikit-learn, so the default job runs offline
+    data_dir: str | None = None  # for cifar10 / imagefolder
+    image_size: int = 32  # digits are 8x8; resized so the DARTS reduction cells have room
+    train_portion: float = 0.5  # search: share of the train split for weights, the rest updates α
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 < self.train_portion < 1.0:
+            raise HwnasError(f"train portion must lie in (0, 1), got {self.train_portion}")
+        if self.image_size < 4:
+            raise HwnasError(f"image size must be at least 4, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class SearchConfig(JsonConfig):
+    space: str = "darts"
+    strategy: str = "darts"
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 8
+    batch_size: int = 64
+    # network shape (DARTS space): small defaults so a digits search finishes in minutes on 2 CPU cores
+    init_channels: int = 8
+    layers: int = 5
+    steps: int = 4  # intermediate nodes per cell
+    multiplier: int = 4  # nodes concatenated into the cell output
+    stem_multiplier: int = 3
+    primitives: tuple[str, ...] | None = None  # None: the space's full op set
+    width_mult: float = 1.0  # mobile space
+    seed: int = 0
+    # weight optimiser (DARTS, Sec. 3)
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    # architecture optimiser (DARTS, Sec. 3)
+    a_lr: float = 3e-4
+    a_betas: tuple[float, float] = (0.5, 0.999)
+    a_weight_decay: float = 1e-3
+    arch_warmup_epochs: int = 0  # epochs of weight-only training before α moves (PC-DARTS uses 15)
+    unrolled: bool = False  # DARTS second order
+    pc_k: int = 4  # PC-DARTS channel fraction 1/K
+    fused: bool = False  # memory-saving fused mixed op (hwnas.kernels)
+    tau_max: float = 10.0  # GDAS temperature, annealed linearly to tau_min
+    tau_min: float = 0.1
+    # hardware-aware search
+    target: str | None = None  # latency table name or path
+    latency_ms: float | None = None
+    latency_loss: str = "target"  # target | additive | multiplicative
+    latency_lambda: float = 0.1  # additive weight / initial λ of the target mode
+    latency_beta: float = 0.6  # exponent of the multiplicative (MnasNet) form
+    random_samples: int = 8  # random search: architectures sampled and trained
+    log_every: int = 10
+
+    def validate(self) -> None:
+        self.data.validate()
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (1 <= self.multiplier <= self.steps, f"multiplier must lie in [1, steps], got {self.multiplier}"),
+            (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
+            (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
+            (self.pc_k >= 1, f"pc-k must be >= 1, got {self.pc_k}"),
+            (self.tau_max >= self.tau_min > 0, "GDAS temperatures need tau_max >= tau_min > 0"),
+            (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise HwnasError(message)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchConfig:
+        data = dict(data)
+        if isinstance(data.get("data"), dict):
+            data["data"] = DataConfig.from_json(data["data"])
+        return super().from_json(data)
+
+
+@dataclass(frozen=True)
+class TrainConfig(JsonConfig):
+    genotype: str = "DARTS_V2"  # a published genotype name, or a genotype JSON file
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 30
+    batch_size: int = 64
+    init_channels: int = 16
+    layers: int = 8
+    width_mult: float = 1.0  # mobile space
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    drop_path_prob: float = 0.1  # scheduled linearly from 0 over training, as in DARTS
+    auxiliary_weight: float = 0.0  # > 0 adds the auxiliary head at 2/3 depth
+    cutout: int = 0  # cutout side in pixels, 0 = off
+    seed: int = 0
+    log_every: int = 10
+
+    def validate(self) -> None:
+        self.data.validate()
+        if self.epochs < 1:
+            raise HwnasError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise HwnasError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.drop_path_prob < 1.0:
+            raise HwnasError(f"drop path probability must lie in [0, 1), got {self.drop_path_prob}")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        if isinstance(data.get("data"), dict):
+            data["data"] = DataConfig.from_json(data["data"])
+        return super().from_json(data)

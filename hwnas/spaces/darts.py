@@ -1,0 +1,422 @@
+"""The DARTS CNN cell space (Liu, Simonyan, Yang, ICLR 2019, Sec. 2.1 and 3).
+
+A cell is a DAG of 2 input nodes (the two previous cells' outputs) and `steps` intermediate nodes; node j sums
+one mixed op per predecessor; the cell outputs the concatenation of the last `multiplier` intermediate nodes.
+Reduction cells (stride 2 on the edges from the input nodes) sit at 1/3 and 2/3 of the depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.errors import HwnasError
+from hwnas.ops.darts import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
+from hwnas.ops.opconfig import OpConfig
+from hwnas.spaces.base import SPACES, Genotype, SearchSpace
+from hwnas.supernet.base import Supernet
+from hwnas.supernet.mixed import MixedOp
+
+# --------------------------------------------------------------------------------------------------------------
+# Genotype
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DartsGenotype(Genotype):
+    """Per cell type, a list of (op, input node) pairs, two per intermediate node, and the concatenated nodes.
+
+    Node indices: 0 and 1 are the cell inputs, 2.. the intermediate nodes (the paper's and reference code's
+    convention, so published genotypes read as printed).
+    """
+
+    normal: tuple[tuple[str, int], ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[tuple[str, int], ...]
+    reduce_concat: tuple[int, ...]
+    space: ClassVar[str] = "darts"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "space": self.space,
+            "normal": [list(e) for e in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [list(e) for e in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DartsGenotype:
+        try:
+            genotype = cls(
+                normal=tuple((str(op), int(i)) for op, i in data["normal"]),
+                normal_concat=tuple(int(i) for i in data["normal_concat"]),
+                reduce=tuple((str(op), int(i)) for op, i in data["reduce"]),
+                reduce_concat=tuple(int(i) for i in data["reduce_concat"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise HwnasError(f"malformed DARTS genotype: {type(err).__name__}: {err}") from None
+        genotype.validate()
+        return genotype
+
+    def validate(self) -> None:
+        for name, edges, concat in (
+            ("normal", self.normal, self.normal_concat),
+            ("reduce", self.reduce, self.reduce_concat),
+        ):
+            if not edges or len(edges) % 2:
+                raise HwnasError(f"malformed DARTS genotype: {name} needs two edges per node, got {len(edges)}")
+            steps = len(edges) // 2
+            for k, (op, src) in enumerate(edges):
+                if op not in OPS:
+                    raise HwnasError(f"malformed DARTS genotype: unknown op {op!r} in {name} cell")
+                if not 0 <= src < 2 + k // 2:
+                    raise HwnasError(f"malformed DARTS genotype: edge {k} of {name} reads node {src}")
+            if not concat or any(not 2 <= i < 2 + steps for i in concat):
+                raise HwnasError(f"malformed DARTS genotype: {name}_concat {list(concat)} out of range")
+
+
+DARTS_V1 = DartsGenotype(
+    normal=(
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)  # fmt: skip
+DARTS_V2 = DartsGenotype(
+    normal=(
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)  # fmt: skip
+PC_DARTS = DartsGenotype(
+    normal=(
+        ("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
+        ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)  # fmt: skip
+
+
+def reduction_layers(layers: int) -> tuple[int, ...]:
+    """Cells at 1/3 and 2/3 of the depth reduce (DARTS, Sec. 3.1)."""
+    return tuple(sorted({layers // 3, 2 * layers // 3})) if layers >= 3 else ()
+
+
+def edge_inputs(steps: int) -> list[tuple[int, int]]:
+    """(node, input node) for every edge of a search cell, in α row order."""
+    return [(2 + i, j) for i in range(steps) for j in range(2 + i)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Search supernet
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SearchCell(nn.Module):
+    def __init__(self, steps, multiplier, c_pp, c_p, c, reduction, reduction_prev, primitives, partial_channels):
+        super().__init__()
+        self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
+        self.preprocess0 = (
+            FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, False)
+        )
+        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
+        c_op = c // partial_channels
+        self.edges = nn.ModuleList()
+        for _node, j in edge_inputs(steps):
+            stride = 2 if reduction and j < 2 else 1
+            ops = [OPS.get(p)(c_op, stride, False) for p in primitives]
+            self.edges.append(MixedOp(list(primitives), ops, stride, partial_channels))
+
+    def forward(self, s0, s1, paths, edge_scale):  # s0, s1: (B, C_in, H, W) -> (B, multiplier * C, H', W')
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for i in range(self.steps):
+            node = sum(
+                edge_scale[offset + j] * self.edges[offset + j](h, paths.weights[offset + j], paths.active[offset + j])
+                for j, h in enumerate(states)
+            )
+            offset += len(states)
+            states.append(node)
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+
+class DartsSupernet(Supernet):
+    """The DARTS search network; `edge_normalization` adds PC-DARTS's β (Xu et al. 2020, Eq. 4)."""
+
+    def __init__(self, c, num_classes, layers, in_channels, primitives, steps=4, multiplier=4,
+                 stem_multiplier=3, partial_channels=1, edge_normalization=False):  # fmt: skip
+        super().__init__()
+        self.primitives, self.steps, self.multiplier = tuple(primitives), steps, multiplier
+        if c % partial_channels:
+            raise HwnasError(f"init channels {c} are not divisible by pc-k {partial_channels}")
+        c_curr = stem_multiplier * c
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_pp, c_p, c_curr = c_curr, c_curr, c
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in reduction_layers(layers)
+            if reduction:
+                c_curr *= 2
+            if c_curr % partial_channels:
+                raise HwnasError(f"cell channels {c_curr} are not divisible by pc-k {partial_channels}")
+            cell = SearchCell(steps, multiplier, c_pp, c_p, c_curr, reduction, reduction_prev, primitives,
+                              partial_channels)  # fmt: skip
+            self.cells.append(cell)
+            reduction_prev = reduction
+            c_pp, c_p = c_p, multiplier * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+        n_edges, n_ops = len(edge_inputs(steps)), len(primitives)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
+        self.edge_normalization = edge_normalization
+        if edge_normalization:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(n_edges))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(n_edges))
+
+    def _arch_parameter_list(self):
+        params = [self.alpha_normal, self.alpha_reduce]
+        return params + ([self.beta_normal, self.beta_reduce] if self.edge_normalization else [])
+
+    def alpha_groups(self) -> dict[str, torch.Tensor]:
+        return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
+
+    def group_edges(self, group: str) -> list[MixedOp]:
+        cells = [c for c in self.cells if c.reduction == (group == "reduce")]
+        return list(cells[0].edges) if cells else []
+
+    def edge_scales(self, group: str) -> torch.Tensor:
+        """PC-DARTS edge normalisation: softmax of β over each node's incoming edges; all ones without it."""
+        n_edges = len(edge_inputs(self.steps))
+        if not self.edge_normalization:
+            return self.alpha_normal.new_ones(n_edges)
+        beta = self.beta_normal if group == "normal" else self.beta_reduce
+        scales, offset = [], 0
+        for i in range(self.steps):
+            scales.append(F.softmax(beta[offset : offset + 2 + i], dim=-1))
+            offset += 2 + i
+        return torch.cat(scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, classes)
+        paths = {g: self.path_weights(g) for g in ("normal", "reduce")}
+        scales = {g: self.edge_scales(g) for g in ("normal", "reduce")}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            group = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, paths[group], scales[group])
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """softmax(α), times the normalised β of the edge under edge normalisation (PC-DARTS, Sec. 3.3)."""
+        probs = super().probabilities()
+        return {g: p * self.edge_scales(g)[:, None] for g, p in probs.items()}
+
+    def derive(self) -> DartsGenotype:
+        """Per node, the 2 strongest incoming edges by their best non-`none` weight, with that op (DARTS Sec. 2.4)."""
+        probs = {g: p.detach().cpu() for g, p in self.probabilities().items()}
+        cells = {g: _derive_cell(probs[g], self.primitives, self.steps) for g in probs}
+        concat = tuple(range(2 + self.steps - self.multiplier, 2 + self.steps))
+        return DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def _derive_cell(probs: torch.Tensor, primitives, steps: int) -> tuple[tuple[str, int], ...]:
+    allowed = [k for k, p in enumerate(primitives) if p != "none"]
+    genotype, offset = [], 0
+    for i in range(steps):
+        rows = probs[offset : offset + 2 + i]
+        best = [(max(float(rows[j, k]) for k in allowed), j) for j in range(2 + i)]
+        for _score, j in sorted(best, key=lambda t: (-t[0], t[1]))[:2]:
+            k_best = max(allowed, key=lambda k: (float(rows[j, k]), -k))
+            genotype.append((primitives[k_best], j))
+        offset += 2 + i
+    return tuple(genotype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Derived network (the "NetworkCIFAR" of the DARTS reference code, generalised in input channels and size)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of a path with probability drop_prob, rescaling the rest (FractalNet / DARTS)."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype: DartsGenotype, c_pp, c_p, c, reduction, reduction_prev):
+        super().__init__()
+        self.preprocess0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0)
+        edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+        self.steps, self.concat, self.reduction = len(edges) // 2, concat, reduction
+        self.inputs = [src for _op, src in edges]
+        self.ops = nn.ModuleList(
+            OPS.get(op)(c, 2 if reduction and src < 2 else 1, True) for op, src in edges
+        )
+        self.multiplier = len(concat)
+
+    def forward(self, s0, s1, drop_prob: float):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self.steps):
+            node = 0
+            for k in (2 * i, 2 * i + 1):
+                op = self.ops[k]
+                h = op(states[self.inputs[k]])
+                if self.training and drop_prob > 0 and not isinstance(op, nn.Identity):
+                    h = drop_path(h, drop_prob)
+                node = node + h
+            states.append(node)
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """The DARTS/NASNet auxiliary classifier at 2/3 depth, pooling to 2x2 whatever the input size."""
+
+    def __init__(self, c: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Conv2d(c, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=False),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class DartsNetwork(nn.Module):
+    """A network of cells from a genotype; forward returns logits (and auxiliary logits when training with it)."""
+
+    def __init__(self, genotype: DartsGenotype, c: int, num_classes: int, layers: int, in_channels: int = 3,
+                 auxiliary: bool = False, stem_multiplier: int = 3):  # fmt: skip
+        super().__init__()
+        self.drop_path_prob = 0.0
+        c_curr = stem_multiplier * c
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+        c_pp, c_p, c_curr = c_curr, c_curr, c
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = reduction_layers(layers)
+        self.aux_position = 2 * layers // 3
+        self.auxiliary_head = None
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c_curr *= 2
+            cell = Cell(genotype, c_pp, c_p, c_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            c_pp, c_p = c_p, cell.multiplier * c_curr
+            if auxiliary and i == self.aux_position:
+                self.auxiliary_head = AuxiliaryHead(c_p, num_classes)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def forward(self, x: torch.Tensor):  # (B, C_in, H, W) -> (B, classes) [, (B, classes)]
+        aux_logits = None
+        s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_position and self.auxiliary_head is not None and self.training:
+                aux_logits = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return (logits, aux_logits) if aux_logits is not None else logits
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The space
+# --------------------------------------------------------------------------------------------------------------
+
+
+@SPACES.register("darts")
+class DartsSpace(SearchSpace):
+    name = "darts"
+    primitives = DARTS_PRIMITIVES
+
+    def build_supernet(self, cfg, in_channels: int, num_classes: int, partial_channels: int = 1,
+                       edge_normalization: bool = False) -> DartsSupernet:  # fmt: skip
+        return DartsSupernet(
+            cfg.init_channels, num_classes, cfg.layers, in_channels, self.check_primitives(cfg.primitives),
+            cfg.steps, cfg.multiplier, cfg.stem_multiplier, partial_channels, edge_normalization,
+        )  # fmt: skip
+
+    def build_network(self, genotype, cfg, in_channels: int, num_classes: int) -> DartsNetwork:
+        if not isinstance(genotype, DartsGenotype):
+            raise HwnasError(f"genotype for space {genotype.space!r} does not fit space 'darts'")
+        auxiliary = getattr(cfg, "auxiliary_weight", 0.0) > 0
+        return DartsNetwork(genotype, cfg.init_channels, num_classes, cfg.layers, in_channels, auxiliary)
+
+    def genotype_from_json(self, data: dict[str, Any]) -> DartsGenotype:
+        return DartsGenotype.from_json(data)
+
+    def published_genotypes(self) -> dict[str, DartsGenotype]:
+        return {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "PC_DARTS": PC_DARTS}
+
+    def _cell_shapes(self, cfg, input_size: int):
+        """(reduction, H of the cell input, C of the cell) for every cell of a `cfg`-shaped network."""
+        hw, c, shapes = input_size, cfg.init_channels, []
+        for i in range(cfg.layers):
+            reduction = i in reduction_layers(cfg.layers)
+            if reduction:
+                c *= 2
+            shapes.append((reduction, hw, c))
+            if reduction:
+                hw = (hw + 1) // 2
+        return shapes
+
+    def edge_op_configs(self, cfg, input_size: int) -> list[list[OpConfig]]:
+        primitives = self.check_primitives(cfg.primitives)
+        # Supernet.edges() visits cells in order and each cell's edges in α row order
+        configs = []
+        for reduction, hw, c in self._cell_shapes(cfg, input_size):
+            for _node, j in edge_inputs(cfg.steps):
+                stride = 2 if reduction and j < 2 else 1
+                out = (hw + 1) // 2 if stride == 2 else hw
+                configs.append([darts_op_config(p, hw, out, c, stride) for p in primitives])
+        return configs
+
+    def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:
+        c_stem = cfg.stem_multiplier * cfg.init_channels
+        in_channels = getattr(cfg, "in_channels", 3)
+        fixed = [OpConfig("Conv", (input_size, input_size, in_channels), (input_size, input_size, c_stem))]
+        c_p = cfg.multiplier * self._cell_shapes(cfg, input_size)[-1][2]
+        hw_last = input_size
+        for reduction, _hw, _c in self._cell_shapes(cfg, input_size):
+            hw_last = (hw_last + 1) // 2 if reduction else hw_last
+        fixed.append(OpConfig("Logits", (hw_last, hw_last, c_p), (10,)))
+        return fixed
+
+
+def darts_op_config(op: str, hw_in: int, hw_out: int, c: int, stride: int) -> OpConfig:
+    """``sep_conv_3x3-input:32x32x16-output:16x16x16-stride:2``."""
+    return OpConfig(op, (hw_in, hw_in, c), (hw_out, hw_out, c), (("stride", stride),))

@@ -1,0 +1,66 @@
+"""The supernet interface every search space meets; strategies drive it without knowing the space."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hwnas.supernet.mixed import MixedOp, Mixing, PathWeights, WeightedSum
+
+
+class Supernet(nn.Module):
+    """An over-parameterised network whose edges are MixedOps, grouped by the α tensor that weights them.
+
+    Subclasses define `alpha_groups()` (group name -> (E, N) logits, one row per edge of `group_edges(name)`),
+    `forward`, and `derive()`. Every forward asks the installed Mixing for each group's PathWeights once and
+    keeps them in `last_paths` (ProxylessNAS reads the sampled pairs from there).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mixing: Mixing = WeightedSum()
+        self.last_paths: dict[str, PathWeights] = {}
+
+    # -- structure ---------------------------------------------------------------------------------------------
+    def edges(self) -> list[MixedOp]:
+        return [m for m in self.modules() if isinstance(m, MixedOp)]
+
+    def alpha_groups(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def group_edges(self, group: str) -> list[MixedOp]:
+        raise NotImplementedError
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self._arch_parameter_list()}
+        return [p for p in self.parameters() if id(p) in ids]
+
+    def _arch_parameter_list(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def weights(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def named_weights(self) -> list[tuple[str, nn.Parameter]]:
+        ids = {id(p) for p in self.arch_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in ids]
+
+    # -- mixing ------------------------------------------------------------------------------------------------
+    def set_mixing(self, mixing: Mixing) -> None:
+        self.mixing = mixing
+        for edge in self.edges():
+            edge.mixing = mixing
+
+    def path_weights(self, group: str) -> PathWeights:
+        alpha = self.alpha_groups()[group]
+        paths = self.mixing.path_weights(alpha, [e.zero_ops for e in self.group_edges(group)])
+        self.last_paths[group] = paths
+        return paths
+
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """softmax(α) per group, (E, N): the path probabilities that derivation and E[LAT] read."""
+        return {g: torch.softmax(a, dim=-1) for g, a in self.alpha_groups().items()}
+
+    def derive(self):
+        raise NotImplementedError

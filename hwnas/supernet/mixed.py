@@ -1,0 +1,166 @@
+"""MixedOp and the ways an edge combines its candidates.
+
+A supernet edge holds N candidate ops. A `Mixing` decides, once per forward, the per-edge weights from the
+architecture logits α and which candidates are computed at all, then how one edge combines them:
+
+- `WeightedSum`      DARTS, Eq. (2) of Liu et al. 2019: y = Σ_k softmax(α)_k · o_k(x)
+- `PartialChannel`   PC-DARTS, Eq. (2) of Xu et al. 2020: 1/K of the channels through the weighted sum, the rest
+                     bypass it, then channel shuffle
+- `GumbelHard`       GDAS, Eq. (5)-(7) of Dong & Yang 2019: one sampled op, straight-through Gumbel-softmax
+- `SampledPaths`     ProxylessNAS, Sec. 3.2 of Cai et al. 2019: one (weight step) or two (arch step) sampled paths
+                     behind binary gates
+
+Strategies install a Mixing on the supernet; the supernet and its cells never know which one runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PathWeights:
+    """What a Mixing decided for one group of edges (e.g. all normal-cell edges) in one forward."""
+
+    weights: torch.Tensor  # (E, N) op weights, differentiable in α
+    active: list[list[int]]  # per edge, the candidate indices to compute (the others contribute nothing)
+
+
+class MixedOp(nn.Module):
+    """One supernet edge: N candidate ops over the same input and output shape."""
+
+    def __init__(self, names: list[str], ops: list[nn.Module], stride: int = 1, partial_channels: int = 1):
+        super().__init__()
+        self.names = list(names)
+        self.ops = nn.ModuleList(ops)
+        self.stride = stride
+        self.partial_channels = partial_channels  # K of PC-DARTS: the ops see C/K channels
+        self.zero_ops = frozenset(i for i, n in enumerate(names) if n in ("none", "zero"))  # output is 0
+        self.bypass_pool = nn.MaxPool2d(2, 2) if partial_channels > 1 and stride == 2 else None
+        self.mixing: Mixing = WeightedSum()
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active: list[int]) -> torch.Tensor:
+        return self.mixing.mix(self, x, weights, active)
+
+
+def weighted_sum_reference(x: torch.Tensor, weights: torch.Tensor, ops, active: list[int]) -> torch.Tensor:
+    """Σ_k w_k · o_k(x) over the active ops, keeping every op's activations for backward (the naive supernet)."""
+    return sum(weights[k] * ops[k](x) for k in active)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, C, H, W) with channels [g0 | g1 | ...] -> interleaved, as in ShuffleNet and PC-DARTS."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Mixing:
+    """Default behaviour: softmax weights, every non-zero candidate computed, a plain weighted sum."""
+
+    name = "weighted_sum"
+
+    def __init__(self, fused: bool = False):
+        self.fused = fused  # use hwnas.kernels' recomputing mixed op instead of keeping N activations
+
+    def path_weights(self, alpha: torch.Tensor, zero_ops: list[frozenset[int]]) -> PathWeights:
+        weights = F.softmax(alpha, dim=-1)  # (E, N)
+        active = [[k for k in range(alpha.shape[1]) if k not in zero_ops[e]] for e in range(alpha.shape[0])]
+        return PathWeights(weights, active)
+
+    def combine(self, edge: MixedOp, x: torch.Tensor, weights: torch.Tensor, active: list[int]) -> torch.Tensor:
+        if self.fused and len(active) > 1:
+            from hwnas.kernels.mixed_op import fused_mixed_op
+
+            return fused_mixed_op(x, weights, edge.ops, active)
+        if not active:  # every candidate is zero: the edge contributes zeros of the output shape
+            return edge.ops[next(iter(edge.zero_ops))](x)
+        return weighted_sum_reference(x, weights, edge.ops, active)
+
+    def mix(self, edge: MixedOp, x: torch.Tensor, weights: torch.Tensor, active: list[int]) -> torch.Tensor:
+        return self.combine(edge, x, weights, active)
+
+
+class WeightedSum(Mixing):
+    name = "weighted_sum"
+
+
+class PartialChannel(Mixing):
+    """PC-DARTS: only C/K channels pass through the mixed op; the rest bypass it (max-pooled at stride 2)."""
+
+    name = "partial_channel"
+
+    def mix(self, edge: MixedOp, x: torch.Tensor, weights: torch.Tensor, active: list[int]) -> torch.Tensor:
+        k = edge.partial_channels
+        c_part = x.shape[1] // k
+        mixed = self.combine(edge, x[:, :c_part], weights, active)  # (B, C/K, H', W')
+        bypass = x[:, c_part:]  # (B, C - C/K, H, W)
+        if edge.bypass_pool is not None:
+            bypass = edge.bypass_pool(bypass)
+        if self.fused:
+            from hwnas.kernels.partial_channel import partial_channel_shuffle
+
+            return partial_channel_shuffle(mixed, bypass, k)
+        return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
+
+
+class GumbelHard(Mixing):
+    """GDAS: h = one_hot(argmax(log p + g)) - p̃.detach() + p̃, p̃ = softmax((log p + g)/τ); only argmax runs."""
+
+    name = "gumbel_hard"
+
+    def __init__(self, tau: float = 10.0, generator: torch.Generator | None = None):
+        super().__init__(fused=False)
+        self.tau = tau
+        self.generator = generator
+
+    def path_weights(self, alpha: torch.Tensor, zero_ops: list[frozenset[int]]) -> PathWeights:
+        log_p = F.log_softmax(alpha, dim=-1)
+        uniform = torch.rand(alpha.shape, generator=self.generator).to(alpha.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))
+        soft = F.softmax((log_p + gumbel) / self.tau, dim=-1)
+        index = soft.argmax(dim=-1)
+        hard = F.one_hot(index, alpha.shape[1]).to(soft.dtype) - soft.detach() + soft
+        return PathWeights(hard, [[int(i)] for i in index])
+
+    def combine(self, edge, x, weights, active):
+        (k,) = active
+        return weights[k] * edge.ops[k](x)
+
+
+class SampledPaths(Mixing):
+    """ProxylessNAS binary gates (Cai et al. 2019, Sec. 3.2.1).
+
+    `paths=1` (weight step): one path per edge sampled from softmax(α); only it runs, so the step keeps one
+    path's activations. `paths=2` (arch step): two distinct paths sampled, gates g = one-hot of one of them drawn
+    from the renormalised pair; g - p.detach() + p passes ∂L/∂g_k = <∂L/∂y, o_k(x)> through the softmax of the
+    pair, which is the binary-gate gradient of Eq. (4) restricted to the sampled paths.
+    """
+
+    name = "sampled_paths"
+
+    def __init__(self, paths: int = 1, generator: torch.Generator | None = None):
+        super().__init__(fused=False)
+        self.paths = paths
+        self.generator = generator
+
+    def path_weights(self, alpha: torch.Tensor, zero_ops: list[frozenset[int]]) -> PathWeights:
+        probs = F.softmax(alpha.detach(), dim=-1).cpu()
+        sampled = torch.multinomial(probs, self.paths, replacement=False, generator=self.generator)
+        active = [row.tolist() for row in sampled]
+        weights = torch.zeros_like(alpha)
+        if self.paths == 1:
+            weights = weights + F.one_hot(sampled[:, 0], alpha.shape[1]).to(alpha)
+            return PathWeights(weights.detach(), active)
+        pair = sampled.to(alpha.device)  # (E, 2)
+        pair_probs = F.softmax(alpha.gather(1, pair), dim=-1)  # (E, 2), differentiable in α
+        chosen = torch.multinomial(pair_probs.detach().cpu(), 1, generator=self.generator).to(alpha.device)
+        gates = F.one_hot(chosen[:, 0], 2).to(alpha) - pair_probs.detach() + pair_probs
+        weights = weights.scatter(1, pair, gates)
+        return PathWeights(weights, active)
+
+    def combine(self, edge, x, weights, active):
+        return sum(weights[k] * edge.ops[k](x) for k in active)
