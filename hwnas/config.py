@@ -69,7 +69,7 @@ class SearchConfig(JsonConfig):
     w_weight_decay: float = 3e-4
     grad_clip: float = 5.0
     # architecture optimiser (DARTS, Sec. 3)
-    a_lr: float = 3e-4
+    a_lr: float | None = None  # None: 3e-4 on the DARTS space (DARTS), 1e-3 on the mobile space (ProxylessNAS)
     a_betas: tuple[float, float] = (0.5, 0.999)
     a_weight_decay: float = 1e-3
     arch_warmup_epochs: int = 0  # epochs of weight-only training before α moves (PC-DARTS uses 15)
@@ -84,8 +84,15 @@ class SearchConfig(JsonConfig):
     latency_loss: str = "target"  # target | additive | multiplicative
     latency_lambda: float = 0.1  # additive weight / initial λ of the target mode
     latency_beta: float = 0.6  # exponent of the multiplicative (MnasNet) form
+    latency_input_size: int | None = None  # resolution latency is evaluated at; None: 224 mobile, image size darts
     random_samples: int = 8  # random search: architectures sampled and trained
     log_every: int = 10
+
+    @property
+    def arch_lr(self) -> float:
+        if self.a_lr is not None:
+            return self.a_lr
+        return 1e-3 if self.space == "mobile" else 3e-4
 
     def validate(self) -> None:
         self.data.validate()

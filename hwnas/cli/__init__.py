@@ -24,13 +24,23 @@ COMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes print one line `hwnas: error: ...` and exit with code 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"hwnas: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware neural architecture search.")
+    parser = OneLineErrorParser(prog="hwnas", description="Hardware-aware neural architecture search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser)
     for name, help_text in COMMANDS.items():
         module_name = f"hwnas.cli.{name}"
-        if importlib.util.find_spec(module_name) is None:
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+        except ModuleNotFoundError:
             continue
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)

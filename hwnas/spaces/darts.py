@@ -220,8 +220,9 @@ class DartsSupernet(Supernet):
         return torch.cat(scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, classes)
-        paths = {g: self.path_weights(g) for g in ("normal", "reduce")}
-        scales = {g: self.edge_scales(g) for g in ("normal", "reduce")}
+        groups = {"reduce" if cell.reduction else "normal" for cell in self.cells}
+        paths = {g: self.path_weights(g) for g in sorted(groups)}
+        scales = {g: self.edge_scales(g) for g in sorted(groups)}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             group = "reduce" if cell.reduction else "normal"
@@ -232,6 +233,62 @@ class DartsSupernet(Supernet):
         """softmax(α), times the normalised β of the edge under edge normalisation (PC-DARTS, Sec. 3.3)."""
         probs = super().probabilities()
         return {g: p * self.edge_scales(g)[:, None] for g, p in probs.items()}
+
+    def edge_rows(self) -> list[tuple[str, int]]:
+        n_edges = len(edge_inputs(self.steps))
+        return [("reduce" if c.reduction else "normal", r) for c in self.cells for r in range(n_edges)]
+
+    def expected_cost(self, group_costs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """E[cost] of the derived cells: per node, the two edges kept out of its inputs.
+
+        Node i keeps 2 of its incoming edges, chosen by strength s_j = Σ_{k≠none} p_jk; an edge is kept with
+        probability ≈ 2·s_j / Σ_j s_j and then carries op k with probability p_jk / s_j, so the node's expected
+        cost is 2 · Σ_j Σ_{k≠none} p_jk c_jk / Σ_j s_j. Exact for one-hot α with two non-none inputs per node.
+        """
+        probs = self.probabilities()
+        keep = torch.tensor([p != "none" for p in self.primitives])
+        total = 0.0
+        for group, cost in group_costs.items():
+            p = probs[group] * keep.to(probs[group])
+            offset = 0
+            for i in range(self.steps):
+                rows = slice(offset, offset + 2 + i)
+                strength = p[rows].sum()
+                total = total + 2 * (p[rows] * cost[rows].to(p)).sum() / strength.clamp_min(1e-12)
+                offset += 2 + i
+        return total
+
+    def decisions(self, genotype: DartsGenotype) -> list[tuple[str, int, int]]:
+        rows = {edge: r for r, edge in enumerate(edge_inputs(self.steps))}
+        return [
+            (group, rows[(2 + k // 2, src)], self.primitives.index(op))
+            for group, edges in (("normal", genotype.normal), ("reduce", genotype.reduce))
+            for k, (op, src) in enumerate(edges)
+        ]
+
+    def with_decisions(self, genotype: DartsGenotype, decisions) -> DartsGenotype:
+        half = len(genotype.normal)
+        ops = [self.primitives[k] for _g, _r, k in decisions]
+        normal = tuple((op, src) for op, (_old, src) in zip(ops[:half], genotype.normal))
+        reduce = tuple((op, src) for op, (_old, src) in zip(ops[half:], genotype.reduce))
+        return DartsGenotype(normal, genotype.normal_concat, reduce, genotype.reduce_concat)
+
+    def allowed(self, group: str, row: int) -> list[int]:
+        return [k for k, p in enumerate(self.primitives) if p != "none"]
+
+    def sample(self, generator: torch.Generator) -> DartsGenotype:
+        """Per node, 2 distinct random inputs, each with a random non-`none` op (random search, Li & Talwalkar)."""
+        ops = [p for p in self.primitives if p != "none"]
+
+        def cell():
+            edges = []
+            for i in range(self.steps):
+                inputs = torch.randperm(2 + i, generator=generator)[:2].tolist()
+                edges += [(ops[int(torch.randint(len(ops), (1,), generator=generator))], j) for j in sorted(inputs)]
+            return tuple(edges)
+
+        concat = tuple(range(2 + self.steps - self.multiplier, 2 + self.steps))
+        return DartsGenotype(cell(), concat, cell(), concat)
 
     def derive(self) -> DartsGenotype:
         """Per node, the 2 strongest incoming edges by their best non-`none` weight, with that op (DARTS Sec. 2.4)."""
@@ -399,10 +456,11 @@ class DartsSpace(SearchSpace):
         # Supernet.edges() visits cells in order and each cell's edges in α row order
         configs = []
         for reduction, hw, c in self._cell_shapes(cfg, input_size):
+            hw_out = (hw + 1) // 2 if reduction else hw
             for _node, j in edge_inputs(cfg.steps):
                 stride = 2 if reduction and j < 2 else 1
-                out = (hw + 1) // 2 if stride == 2 else hw
-                configs.append([darts_op_config(p, hw, out, c, stride) for p in primitives])
+                hw_in = hw if j < 2 else hw_out  # intermediate nodes are already at the cell's output size
+                configs.append([darts_op_config(p, hw_in, hw_out, c, stride) for p in primitives])
         return configs
 
     def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:

@@ -64,3 +64,36 @@ class Supernet(nn.Module):
 
     def derive(self):
         raise NotImplementedError
+
+    # -- costs (latency) ---------------------------------------------------------------------------------------
+    def edge_rows(self) -> list[tuple[str, int]]:
+        """(α group, row) of every edge in `edges()` order; edges sharing a row share its α."""
+        raise NotImplementedError
+
+    def group_costs(self, edge_costs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per group, (rows, N): the summed cost of each candidate over all edges that share the α row."""
+        costs = {g: torch.zeros_like(a, dtype=edge_costs.dtype) for g, a in self.alpha_groups().items()}
+        for (group, row), cost in zip(self.edge_rows(), edge_costs):
+            costs[group][row] += cost
+        return costs
+
+    def expected_cost(self, group_costs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Σ_rows Σ_k p_k · cost_k (ProxylessNAS, Eq. 4); differentiable in α."""
+        probs = self.probabilities()
+        return sum((probs[g] * c.to(probs[g])).sum() for g, c in group_costs.items())
+
+    def decisions(self, genotype) -> list[tuple[str, int, int]]:
+        """The (group, row, candidate) choices a genotype is made of."""
+        raise NotImplementedError
+
+    def with_decisions(self, genotype, decisions: list[tuple[str, int, int]]):
+        """`genotype` with its choices replaced by `decisions` (same structure, other candidates)."""
+        raise NotImplementedError
+
+    def allowed(self, group: str, row: int) -> list[int]:
+        """The candidates a decision at (group, row) may take."""
+        raise NotImplementedError
+
+    def sample(self, generator: torch.Generator):
+        """A uniformly random architecture of the space."""
+        raise NotImplementedError

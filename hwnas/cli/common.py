@@ -1,0 +1,76 @@
+"""Flag handling shared by the commands: flags map onto config fields; `--resume` reuses a stored config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from hwnas.config import DataConfig
+from hwnas.errors import HwnasError
+
+DATA_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "image_size": "image_size",
+              "train_portion": "train_portion"}  # fmt: skip
+_LATENCY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*$")
+
+
+def parse_latency_ms(text: str) -> float:
+    """'80ms', '80', '0.08s', '1500us' -> milliseconds."""
+    match = _LATENCY.match(str(text))
+    if not match:
+        raise HwnasError(f"malformed latency {text!r}: use e.g. 80ms, 80, 0.08s or 1500us")
+    value = float(match.group(1)) * {"ms": 1.0, None: 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}[match.group(2)]
+    if value <= 0:
+        raise HwnasError(f"latency budget must be positive, got {text!r}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", help="digits (default, offline), cifar10, imagefolder, fake")
+    group.add_argument("--data-dir", help="folder of cifar10 (cifar-10-batches-py/) or imagefolder (train/, val/)")
+    group.add_argument("--image-size", type=int, help="input resolution (default 32)")
+    group.add_argument("--train-portion", type=float, help="search: share of train data for weights (default 0.5)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--run-dir", help="where to write the run (default runs/<command>-<time>)")
+    group.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    group.add_argument("--seed", type=int, help="random seed (default 0)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def explicit(args: argparse.Namespace, names) -> dict[str, Any]:
+    """The flags among `names` the user actually gave (argparse defaults are None)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def build_config(cls, args: argparse.Namespace, flags: dict[str, str], base=None, resumable=("epochs",)):
+    """A config from `base` (defaults, or a resumed run's stored config) with the given flags applied.
+
+    `flags` maps argparse dest -> config field. When resuming, only fields in `resumable` may change.
+    """
+    given = {flags[k]: v for k, v in explicit(args, flags).items()}
+    data_given = {DATA_FLAGS[k]: v for k, v in explicit(args, DATA_FLAGS).items()}
+    if args.seed is not None:
+        data_given.setdefault("seed", args.seed)
+    if base is not None:
+        changed = sorted(k for k in {**given, **data_given} if k not in resumable and k != "seed")
+        if changed or (args.seed is not None and args.seed != base.seed):
+            raise HwnasError(f"cannot change {', '.join(changed or ['seed'])} when resuming; "
+                             f"only {', '.join(resumable)} may change")  # fmt: skip
+        return base.replace(**given)
+    defaults = cls()
+    data = dataclasses.replace(defaults.data, **data_given)
+    try:
+        return dataclasses.replace(defaults, data=data, **given)
+    except TypeError as err:
+        raise HwnasError(str(err)) from None
+
+
+def default_run_dir(command: str) -> Path:
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"

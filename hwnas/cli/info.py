@@ -1,0 +1,78 @@
+"""hwnas info: versions, the backends found, and the latency tables available."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import platform
+
+PACKAGES = ("hwnas", "torch", "numpy", "scikit-learn", "triton", "onnx", "onnxruntime", "onnxscript",
+            "ai-edge-litert", "litert-torch", "torchvision")  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def collect() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "versions": {p: _version(p) for p in PACKAGES}}  # fmt: skip
+    backends = {"cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+                "cpu_threads": str(torch.get_num_threads())}  # fmt: skip
+    if _has("hwnas.kernels.backend"):
+        from hwnas.kernels.backend import backend_report
+
+        backends.update(backend_report())
+    if _has("onnxruntime"):
+        import onnxruntime
+
+        backends["onnxruntime_providers"] = ", ".join(onnxruntime.get_available_providers())
+    backends["litert_interpreter"] = "found" if _has("ai_edge_litert") else "not installed"
+    info["backends"] = backends
+    info["latency_tables"] = []
+    if _has("hwnas.latency.targets"):
+        from hwnas.latency.targets import list_tables
+
+        info["latency_tables"] = [
+            {k: getattr(t, k) for k in ("name", "device", "runtime", "space", "input_size")} for t in list_tables()
+        ]
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"python {info['python']} on {info['platform']}")
+    print("versions:")
+    for name, version in info["versions"].items():
+        print(f"  {name:16s} {version}")
+    print("backends:")
+    for name, value in info["backends"].items():
+        print(f"  {name:22s} {value}")
+    print("latency tables:")
+    for t in info["latency_tables"]:
+        print(f"  {t['name']:24s} {t['device']} / {t['runtime']}, space {t['space']} at {t['input_size']}")
+    if not info["latency_tables"]:
+        print("  none")
+    return 0

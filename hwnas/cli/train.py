@@ -1,0 +1,58 @@
+"""hwnas train: train a derived network (a genotype file or a published one) from scratch."""
+
+from __future__ import annotations
+
+import argparse
+
+from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, default_run_dir
+from hwnas.config import TrainConfig
+from hwnas.run import RunDir
+
+FLAGS = {
+    "genotype": "genotype", "epochs": "epochs", "batch_size": "batch_size", "init_channels": "init_channels",
+    "layers": "layers", "lr": "lr", "drop_path_prob": "drop_path_prob", "auxiliary_weight": "auxiliary_weight",
+    "cutout": "cutout", "seed": "seed", "width_mult": "width_mult",
+}  # fmt: skip
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that shape a derived network (shared with `hwnas export`)."""
+    parser.add_argument("--genotype", help="genotype JSON file or a published name (DARTS_V1, DARTS_V2, PC_DARTS)")
+    parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 16)")
+    parser.add_argument("--layers", type=int, help="DARTS: cells (default 8)")
+    parser.add_argument("--width-mult", type=float, help="mobile: width multiplier (default 1.0)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_network_arguments(parser)
+    parser.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    parser.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed (default 0.025)")
+    parser.add_argument("--drop-path-prob", type=float, help="final drop-path probability (default 0.1)")
+    parser.add_argument("--auxiliary-weight", type=float, help="> 0 adds the auxiliary head (DARTS: 0.4)")
+    parser.add_argument("--cutout", type=int, help="cutout side in pixels (default 0: off)")
+    add_data_arguments(parser)
+    add_run_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwnas.train import run_train
+
+    if args.resume:
+        run_dir, stored = RunDir.open(args.resume, "train")
+        cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored))
+        run_dir.write_json("config.json", {"kind": "train", "config": cfg.to_json()})
+    else:
+        cfg = build_config(TrainConfig, args, FLAGS)
+        from hwnas.data import check_data
+        from hwnas.spaces import load_genotype
+
+        cfg.validate()
+        check_data(cfg.data)
+        load_genotype(cfg.genotype)  # a bad genotype fails before the run directory exists
+        run_dir = RunDir.create(args.run_dir or default_run_dir("train"), "train", cfg.to_json())
+    result = run_train(cfg, run_dir, progress=not args.no_progress)
+    print(f"test accuracy: {result.test_acc:.4f}")
+    print(f"parameters: {result.params}")
+    print(f"weights: {run_dir.path / 'model.pt'}")
+    return 0

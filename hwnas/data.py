@@ -1,0 +1,199 @@
+"""Datasets by name -> train/test splits, plus seeded loaders.
+
+`digits` (scikit-learn's bundled 8x8 handwritten digits, resized) is the default because it ships inside a
+package: the main job runs offline. `cifar10` and `imagefolder` read the usual on-disk formats through
+torchvision (extra `vision`); `fake` is a tiny random set for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from hwnas.config import DataConfig
+from hwnas.errors import HwnasError
+from hwnas.registry import Registry
+
+log = logging.getLogger(__name__)
+DATASETS: Registry[Callable[[DataConfig], "Splits"]] = Registry("dataset")
+_TEST_SPLIT_SEED = 20190101  # fixed, so the test split is the same whatever the run's seed
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    test: Dataset
+    in_channels: int
+    num_classes: int
+
+
+# -- digits ------------------------------------------------------------------------------------------------------
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> Splits:
+    """1797 scikit-learn digits; a fixed 20% test split; normalised by the train split's statistics."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    if cfg.image_size != 8:
+        images = F.interpolate(images, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_TEST_SPLIT_SEED))
+    n_test = len(labels) // 5
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    mean, std = images[train_idx].mean(), images[train_idx].std()
+    images = (images - mean) / std
+    return Splits(
+        TensorDataset(images[train_idx], labels[train_idx]), TensorDataset(images[test_idx], labels[test_idx]), 1, 10
+    )
+
+
+# -- fake --------------------------------------------------------------------------------------------------------
+@DATASETS.register("fake")
+def fake(cfg: DataConfig) -> Splits:
+    """64 train and 32 test random images in 4 classes whose mean brightness depends on the class (learnable)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def make(n: int) -> TensorDataset:
+        labels = torch.randint(0, 4, (n,), generator=gen)
+        images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=gen) + labels.view(-1, 1, 1, 1) * 0.5
+        return TensorDataset(images, labels)
+
+    return Splits(make(64), make(32), 3, 4)
+
+
+# -- torchvision-backed ------------------------------------------------------------------------------------------
+_TORCHVISION_SCHEMAS = None  # keeps the placeholder op library alive for the process
+
+
+def import_torchvision():
+    """Import torchvision, working around a build whose compiled ops do not match this torch.
+
+    PyPI's torchvision 0.28 is a CUDA build; against the CPU torch its C++ ops fail to register and
+    `import torchvision` raises "operator torchvision::nms does not exist". Datasets and transforms do not use
+    those ops, so we define the two schemas its import checks (nms, qnms), say so, and import again. Detection
+    ops stay unusable, which hwnas never calls.
+    """
+    global _TORCHVISION_SCHEMAS
+    try:
+        import torchvision
+    except ModuleNotFoundError:
+        raise HwnasError('this dataset needs torchvision: pip install "hwnas[vision]" -c constraints.txt') from None
+    except RuntimeError as err:
+        if "torchvision::" not in str(err) or _TORCHVISION_SCHEMAS is not None:
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")
+        for op in ("nms", "qnms"):
+            _TORCHVISION_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        log.warning("torchvision's compiled ops do not match torch %s (%s); using its datasets and transforms only",
+                    torch.__version__, err)
+        import torchvision
+    return torchvision
+
+
+def _transform(cfg: DataConfig, mean, std):
+    transforms = import_torchvision().transforms
+    return transforms.Compose(
+        [transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size), transforms.ToTensor(),
+         transforms.Normalize(mean, std)]
+    )  # fmt: skip
+
+
+def _data_dir(cfg: DataConfig) -> Path:
+    if cfg.data_dir is None:
+        raise HwnasError(f"dataset {cfg.dataset!r} needs --data-dir")
+    path = Path(cfg.data_dir)
+    if not path.is_dir():
+        raise HwnasError(f"data directory {path} does not exist")
+    return path
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg: DataConfig) -> Splits:
+    """CIFAR-10 in its python format (`cifar-10-batches-py/` under --data-dir); never downloaded."""
+    root = _data_dir(cfg)
+    if not (root / "cifar-10-batches-py").is_dir():
+        raise HwnasError(f"{root} has no cifar-10-batches-py/ folder (the CIFAR-10 python version)")
+    datasets = import_torchvision().datasets
+
+    class LocalCIFAR10(datasets.CIFAR10):
+        """Never downloads, so checks that the batch files are present rather than their download checksums."""
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _md5 in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+    tf = _transform(cfg, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    try:
+        train = LocalCIFAR10(str(root), train=True, transform=tf, download=False)
+        test = LocalCIFAR10(str(root), train=False, transform=tf, download=False)
+    except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise HwnasError(f"cannot read CIFAR-10 from {root}: {type(err).__name__}: {err}") from None
+    return Splits(train, test, 3, 10)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> Splits:
+    """`--data-dir` with `train/<class>/*.png|jpg` and `val/<class>/...` (or `test/`), as ImageNet is laid out."""
+    root = _data_dir(cfg)
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise HwnasError(f"{root} needs train/ and val/ (or test/) folders of class subfolders")
+    datasets = import_torchvision().datasets
+    tf = _transform(cfg, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    try:
+        train = datasets.ImageFolder(str(root / "train"), transform=tf)
+        test = datasets.ImageFolder(str(test_dir), transform=tf)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise HwnasError(f"cannot read image folders under {root}: {err}") from None
+    if train.classes != test.classes:
+        raise HwnasError(f"{root}: train/ and {test_dir.name}/ have different classes")
+    return Splits(train, test, 3, len(train.classes))
+
+
+# -- splits and loaders ------------------------------------------------------------------------------------------
+def check_data(cfg: DataConfig) -> None:
+    """The cheap checks (known dataset, data directory present), before anything is written."""
+    cfg.validate()
+    DATASETS.get(cfg.dataset)
+    if cfg.dataset in ("cifar10", "imagefolder"):
+        _data_dir(cfg)
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    cfg.validate()
+    return DATASETS.get(cfg.dataset)(cfg)
+
+
+def search_splits(cfg: DataConfig) -> tuple[Splits, Dataset, Dataset]:
+    """The train split cut by `train_portion` into (weights, α) halves, seeded by the data seed."""
+    splits = load_splits(cfg)
+    n = len(splits.train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    cut = int(round(n * cfg.train_portion))
+    if cut < 1 or cut >= n:
+        raise HwnasError(f"train portion {cfg.train_portion} leaves an empty split of {n} examples")
+    return splits, Subset(splits.train, order[:cut]), Subset(splits.train, order[cut:])
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
+                sampler=None) -> DataLoader:  # fmt: skip
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch) if shuffle and sampler is None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=generator, num_workers=0, drop_last=False)  # fmt: skip

@@ -1,0 +1,104 @@
+"""Expected latency of a supernet's architecture distribution, and the latency of one architecture, from a
+target's lookup table (ProxylessNAS, Cai et al. ICLR 2019, Eq. 4: E[LAT] = Σ_blocks Σ_ops p_op · LAT(op)).
+
+Latency is evaluated at the table's resolution whatever the training resolution. Keys the table lacks come
+from the predictor fitted on it; a warning names them once. `zero` (a skipped block) costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hwnas.latency.predictor import estimate
+from hwnas.latency.table import LatencyTable
+from hwnas.supernet.base import Supernet
+
+log = logging.getLogger(__name__)
+
+
+class LatencyModel:
+    """Per-candidate latencies of every supernet edge plus the fixed layers, for one table."""
+
+    def __init__(self, space, cfg, table: LatencyTable, supernet: Supernet):
+        self.table = table
+        self.input_size = table.metadata.input_size
+        edge_configs = space.edge_op_configs(cfg, self.input_size)
+        fixed = space.fixed_op_configs(cfg, self.input_size)
+        wanted = list(dict.fromkeys([c for edge in edge_configs for c in edge if c is not None] + fixed))
+        estimates = {op.key(): (ms, measured) for op, ms, measured in estimate([table], wanted)}
+        predicted = sorted(k for k, (_ms, measured) in estimates.items() if not measured)
+        if predicted:
+            log.warning("table %s lacks %d op configuration(s); predicted: %s", table.name, len(predicted),
+                        ", ".join(predicted))  # fmt: skip
+        self.predicted_keys = predicted
+        self.fixed_ms = sum(estimates[op.key()][0] for op in fixed)
+        self.edge_ms = torch.tensor(
+            [[0.0 if c is None else estimates[c.key()][0] for c in edge] for edge in edge_configs],
+            dtype=torch.float64,
+        )  # (edges, candidates)
+        self.group_ms = supernet.group_costs(self.edge_ms)
+
+    def expected_ms(self, supernet: Supernet) -> torch.Tensor:
+        """E[LAT] in ms, differentiable in α."""
+        return supernet.expected_cost(self.group_ms) + self.fixed_ms
+
+    def decision_ms(self, decisions) -> float:
+        return sum(float(self.group_ms[g][row, k]) for g, row, k in decisions)
+
+    def architecture_ms(self, supernet: Supernet, genotype) -> float:
+        """LAT of one derived architecture: the table sum over its layers."""
+        return self.decision_ms(supernet.decisions(genotype)) + self.fixed_ms
+
+    def min_ms(self, supernet: Supernet) -> float:
+        """The fastest architecture of the space: the cheapest allowed candidate everywhere."""
+        return self.fixed_ms + self._extreme(supernet, min)
+
+    def max_ms(self, supernet: Supernet) -> float:
+        return self.fixed_ms + self._extreme(supernet, max)
+
+    def _extreme(self, supernet: Supernet, pick) -> float:
+        total = 0.0
+        for group, cost in self.group_ms.items():
+            for row in range(cost.shape[0]):
+                total += pick(float(cost[row, k]) for k in supernet.allowed(group, row))
+        return total
+
+    def repair(self, supernet: Supernet, genotype, budget_ms: float, floor: float = 0.9):
+        """Greedy budget repair of a derived architecture into [floor·T, T] (when the space allows it).
+
+        While over T: apply the single-op replacement that loses the least α-probability per ms saved. While under
+        floor·T: apply the replacement that loses the least α-probability per ms added without exceeding T.
+        Returns the repaired genotype and the changes made (for the log).
+        """
+        probs = {g: p.detach().double() for g, p in supernet.probabilities().items()}
+        decisions = supernet.decisions(genotype)
+        changes = []
+
+        def total() -> float:
+            return self.decision_ms(decisions) + self.fixed_ms
+
+        def best_move(direction: int):
+            best = None
+            for i, (group, row, k) in enumerate(decisions):
+                cost = self.group_ms[group][row]
+                for alt in supernet.allowed(group, row):
+                    delta = float(cost[alt] - cost[k])  # ms added (> 0) or saved (< 0)
+                    if delta * direction <= 0 or (direction > 0 and total() + delta > budget_ms):
+                        continue
+                    score = float(probs[group][row, k] - probs[group][row, alt]) / abs(delta)
+                    if best is None or score < best[0]:
+                        best = (score, i, alt, delta)
+            return best
+
+        for direction, needed in ((-1, lambda: total() > budget_ms), (1, lambda: total() < floor * budget_ms)):
+            while needed():
+                move = best_move(direction)
+                if move is None:  # no replacement left in this direction: the budget is out of the space's range
+                    break
+                _score, i, alt, delta = move
+                group, row, k = decisions[i]
+                changes.append({"group": group, "row": row, "from": k, "to": alt, "delta_ms": delta})
+                decisions[i] = (group, row, alt)
+        return supernet.with_decisions(genotype, decisions), changes

@@ -1,0 +1,117 @@
+"""Finding latency tables: the ones shipped in `hwnas.latency_tables` and the ones a user built.
+
+User tables live in `$HWNAS_TABLES`, else `$XDG_CACHE_HOME/hwnas/latency_tables` (default
+`~/.cache/hwnas/latency_tables`); `hwnas profile` writes there by default. A user table shadows a shipped one
+for the same target, space and input size. `resolve_target` turns a `--target` (name or path) into a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from hwnas.errors import HwnasError
+from hwnas.latency.table import LatencyTable
+
+log = logging.getLogger(__name__)
+ENV_VAR = "HWNAS_TABLES"
+HOST_DEVICES = ("cpu", "onnxruntime", "tflite", "gpu")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    origin: str  # "user" or "shipped"
+    table: LatencyTable
+
+    @property
+    def name(self) -> str:
+        return self.table.metadata.target
+
+    @property
+    def device(self) -> str:
+        return self.table.metadata.device
+
+    @property
+    def runtime(self) -> str:
+        return self.table.metadata.runtime
+
+    @property
+    def space(self) -> str:
+        return self.table.metadata.space
+
+    @property
+    def input_size(self) -> int:
+        return self.table.metadata.input_size
+
+
+def user_table_dir() -> Path:
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "hwnas" / "latency_tables"
+
+
+def default_table_path(target: str, space: str, input_size: int) -> Path:
+    return user_table_dir() / f"{target}_{space}_{input_size}.json"
+
+
+def list_tables() -> list[TableInfo]:
+    """Every readable table, user ones first; unreadable files are skipped with a warning."""
+    found = []
+    user_dir = user_table_dir()
+    user_files = sorted(user_dir.glob("*.json")) if user_dir.is_dir() else []
+    shipped = sorted(
+        (f for f in resources.files("hwnas.latency_tables").iterdir() if f.name.endswith(".json")),
+        key=lambda f: f.name,
+    )
+    for origin, files in (("user", user_files), ("shipped", shipped)):
+        for f in files:
+            try:
+                table = LatencyTable.from_text(f.read_text(), f"latency table {f}", Path(str(f)))
+            except (HwnasError, OSError, UnicodeDecodeError) as err:
+                log.warning("skipping %s: %s", f, err)
+                continue
+            found.append(TableInfo(origin, table))
+    return found
+
+
+def profile_hint(target: str, space: str, input_size: int) -> str:
+    """The command that measures a table for `target`."""
+    if target in HOST_DEVICES:
+        return f"build one with `hwnas profile --device {target} --space {space} --input-size {input_size}`"
+    return (
+        "measure your own phone with `hwnas profile --device android --binary PATH/benchmark_model "
+        f"--name {target} --space {space} --input-size {input_size}`"
+    )
+
+
+def resolve_target(name_or_path: str, space: str, input_size: int) -> LatencyTable:
+    """The table for target `name_or_path` (a target name or a table file) for `space` at `input_size`."""
+    if name_or_path.endswith(".json") or os.sep in name_or_path or Path(name_or_path).is_file():
+        return LatencyTable.load(name_or_path, space, input_size)
+    tables = [info.table for info in list_tables() if info.table.metadata.target == name_or_path]
+    if not tables and name_or_path in HOST_DEVICES:
+        raise HwnasError(
+            f"no {name_or_path} latency table yet; " + profile_hint(name_or_path, space, input_size)
+        )
+    if not tables:
+        known = sorted({info.table.metadata.target for info in list_tables()} | set(HOST_DEVICES))
+        raise HwnasError(f"unknown target {name_or_path!r}; known: {', '.join(known)} (or a table file path)")
+    for_space = [t for t in tables if t.metadata.space == space]
+    if not for_space:
+        spaces = sorted({t.metadata.space for t in tables})
+        raise HwnasError(
+            f"target {name_or_path!r} has no table for space {space!r} (only {', '.join(spaces)}); "
+            + profile_hint(name_or_path, space, input_size)
+        )
+    for table in for_space:  # user tables come first
+        if table.metadata.input_size == input_size:
+            return table
+    sizes = ", ".join(str(s) for s in sorted({t.metadata.input_size for t in for_space}))
+    raise HwnasError(
+        f"target {name_or_path!r} has no {space} table at input size {input_size} (only {sizes}); "
+        + profile_hint(name_or_path, space, input_size)
+    )

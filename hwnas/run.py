@@ -1,0 +1,139 @@
+"""The run directory: config, metrics (JSONL), α history, checkpoints, summary — all written atomically.
+
+A run directory is either fresh, or holds a `config.json` and checkpoints from which `--resume` continues
+exactly where the run stopped. Every file is written to a temporary name and renamed into place, so a run
+killed at any moment leaves either the previous or the new version of each file, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hwnas.errors import HwnasError
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def _write_atomic(path: str | Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    _write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_torch_atomic(path: str | Path, obj: Any) -> None:
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunDir:
+    """One run's directory. `kind` ("search" or "train") is recorded so a resume cannot mix them up."""
+
+    def __init__(self, path: str | Path, kind: str):
+        self.path = Path(path)
+        self.kind = kind
+
+    @classmethod
+    def create(cls, path: str | Path, kind: str, config: dict[str, Any]) -> RunDir:
+        run = cls(path, kind)
+        if (run.path / CHECKPOINT).exists():
+            raise HwnasError(f"run directory {run.path} already holds a run; pass --resume {run.path} to continue it")
+        write_json_atomic(run.path / "config.json", {"kind": kind, "config": config})
+        run.attach_log()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, kind: str) -> tuple[RunDir, dict[str, Any]]:
+        """An existing run to resume: returns it and its stored config."""
+        run = cls(path, kind)
+        if not run.path.is_dir():
+            raise HwnasError(f"cannot resume: run directory {run.path} does not exist")
+        config_path = run.path / "config.json"
+        try:
+            stored = json.loads(config_path.read_text())
+        except FileNotFoundError:
+            raise HwnasError(f"cannot resume: {config_path} is missing") from None
+        except json.JSONDecodeError as err:
+            raise HwnasError(f"cannot resume: {config_path} is corrupt ({err})") from None
+        if not isinstance(stored, dict) or stored.get("kind") != kind or "config" not in stored:
+            raise HwnasError(f"cannot resume: {run.path} is not a {kind} run directory")
+        run.attach_log()
+        return run, stored["config"]
+
+    def attach_log(self) -> None:
+        handler = logging.FileHandler(self.path / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        for old in [h for h in root.handlers if getattr(h, "_hwnas_run", False)]:
+            root.removeHandler(old)
+            old.close()
+        handler._hwnas_run = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        save_torch_atomic(self.path / CHECKPOINT, {"kind": self.kind, **state})
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise HwnasError(f"corrupt checkpoint {path}: {type(err).__name__}") from None
+        if not isinstance(state, dict) or state.get("kind") != self.kind:
+            raise HwnasError(f"checkpoint {path} is not a {self.kind} checkpoint")
+        return state
+
+    # -- records -----------------------------------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json_atomic(self.path / name, obj)
+
+    def write_metrics(self, rows: Iterable[dict[str, Any]]) -> None:
+        """metrics.jsonl, rewritten whole from the checkpointed history (so a resume never duplicates rows)."""
+        write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

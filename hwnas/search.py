@@ -1,0 +1,209 @@
+"""The one search loop: every strategy runs through `run_search`.
+
+Per epoch: fresh loaders whose order depends only on (seed, epoch), `strategy.step` on zipped train/val
+batches, then derive, record and checkpoint atomically. A run stopped at any point resumes from the last
+completed epoch with identical results, since the model, optimisers, RNG state and step counter are restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from hwnas.config import SearchConfig
+from hwnas.data import check_data, make_loader, search_splits
+from hwnas.errors import HwnasError
+from hwnas.run import RunDir, rng_state, seed_everything, set_rng_state
+from hwnas.spaces import get_space
+from hwnas.strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    genotype: Any
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}
+
+
+def check_search_config(cfg: SearchConfig) -> None:
+    """Everything about `cfg` that can be checked before a run directory is written."""
+    cfg.validate()
+    check_data(cfg.data)
+    space = get_space(cfg.space)
+    space.check_primitives(cfg.primitives)
+    strategy = STRATEGIES.get(cfg.strategy)(cfg)
+    if cfg.target is not None:
+        supernet = space.build_supernet(cfg, 3, 10, **strategy.supernet_options())
+        latency_model(cfg, space, supernet)
+
+
+def latency_input_size(cfg: SearchConfig) -> int:
+    if cfg.latency_input_size is not None:
+        return cfg.latency_input_size
+    return 224 if cfg.space == "mobile" else cfg.data.image_size
+
+
+def latency_model(cfg: SearchConfig, space, supernet):
+    """The target's LatencyModel for this supernet; rejects a budget below the space's fastest architecture."""
+    from hwnas.latency.expected import LatencyModel
+    from hwnas.latency.targets import resolve_target
+
+    table = resolve_target(cfg.target, cfg.space, latency_input_size(cfg))
+    model = LatencyModel(space, cfg, table, supernet)
+    fastest, slowest = model.min_ms(supernet), model.max_ms(supernet)
+    if cfg.latency_ms < fastest:
+        raise HwnasError(f"latency budget {cfg.latency_ms:g} ms is below the fastest architecture of the "
+                         f"{cfg.space} space on target {cfg.target!r} ({fastest:.1f} ms)")  # fmt: skip
+    if cfg.latency_ms > slowest:
+        log.warning("latency budget %g ms is above the slowest architecture on %s (%.1f ms): the constraint is "
+                    "inactive", cfg.latency_ms, cfg.target, slowest)  # fmt: skip
+    return model
+
+
+def run_search(
+    cfg: SearchConfig,
+    run: RunDir,
+    progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> SearchResult:
+    """Search per `cfg` into `run`, continuing from its checkpoint when there is one."""
+    cfg.validate()
+    seed_everything(cfg.seed)
+    space = get_space(cfg.space)
+    strategy = STRATEGIES.get(cfg.strategy)(cfg)
+    splits, train_set, val_set = search_splits(cfg.data)
+    supernet = space.build_supernet(cfg, splits.in_channels, splits.num_classes, **strategy.supernet_options())
+    strategy.prepare(supernet)
+    latency = None
+    if cfg.target is not None:
+        from hwnas.latency.loss import LatencyObjective
+
+        latency = latency_model(cfg, space, supernet)
+        strategy.latency_objective = LatencyObjective(latency, cfg.latency_ms, cfg.latency_loss, cfg.latency_lambda,
+                                                      cfg.latency_beta)  # fmt: skip
+    history: list[dict[str, Any]] = []
+    alpha_history: list[dict[str, Any]] = []
+    start_epoch, wall_s = 0, 0.0
+    state = run.load_checkpoint()
+    if state is not None:
+        try:
+            supernet.load_state_dict(state["supernet"])
+            strategy.load_state_dict(state["strategy"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise HwnasError(f"checkpoint in {run.path} does not match this search config: {err}") from None
+        set_rng_state(state["rng"])
+        start_epoch, history, alpha_history = state["epoch"] + 1, state["history"], state["alpha_history"]
+        wall_s = state["wall_s"]
+        log.info("resuming %s after epoch %d", run.path, state["epoch"])
+    log.info("search: space=%s strategy=%s dataset=%s (%d train / %d val), %d epochs, %d supernet weights",
+             cfg.space, cfg.strategy, cfg.data.dataset, len(train_set), len(val_set), cfg.epochs,
+             sum(p.numel() for p in supernet.weights()))  # fmt: skip
+    if cfg.fused:
+        from hwnas.kernels.backend import backend_report
+
+        log.info("fused mixed op backends: %s", backend_report())
+
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        strategy.start_epoch(epoch)
+        supernet.train()
+        train_loader = make_loader(train_set, cfg.batch_size, True, cfg.seed, epoch)
+        val_loader = make_loader(val_set, cfg.batch_size, True, cfg.seed + 1, epoch)
+        rows = []
+        bar = tqdm(zip(train_loader, val_loader), total=min(len(train_loader), len(val_loader)),
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)  # fmt: skip
+        for step, (train_batch, val_batch) in enumerate(bar):
+            rows.append(strategy.step(train_batch, val_batch))
+            bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", acc=f"{rows[-1]['train_acc']:.3f}")
+            if on_step is not None:
+                on_step(epoch, step)
+        strategy.end_epoch(epoch)
+        genotype = strategy.derive()
+        wall_s += time.perf_counter() - t0
+        row = {"epoch": epoch, **_mean_rows(rows), **strategy.epoch_metrics(), "epoch_s": time.perf_counter() - t0,
+               "genotype": genotype.to_json()}  # fmt: skip
+        history.append(row)
+        alpha_history.append({g: p.detach().cpu().tolist() for g, p in supernet.probabilities().items()})
+        run.save_checkpoint({"epoch": epoch, "supernet": supernet.state_dict(), "strategy": strategy.state_dict(),
+                             "rng": rng_state(), "history": history, "alpha_history": alpha_history,
+                             "wall_s": wall_s, "config": cfg.to_json()})  # fmt: skip
+        run.write_metrics(history)
+        run.write_json("alphas.json", {"groups": _group_labels(supernet), "epochs": alpha_history})
+        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))  # fmt: skip
+
+    genotype = strategy.derive()
+    summary = {"final": history[-1] if history else {}, "wall_s": wall_s, "epochs": cfg.epochs, "space": cfg.space,
+               "strategy": cfg.strategy, "dataset": cfg.data.dataset, "seed": cfg.seed}  # fmt: skip
+    summary["final"] = {k: v for k, v in summary["final"].items() if k != "genotype"}
+    if latency is not None:
+        genotype = _within_budget(cfg, latency, supernet, genotype, summary)
+    summary["genotype"] = genotype.to_json()
+    genotype.save(run.path / "genotype.json")
+    run.write_json("summary.json", summary)
+    _plots(run, genotype, alpha_history, supernet)
+    return SearchResult(genotype, history, summary)
+
+
+def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict[str, Any]):
+    """Repair the derived architecture into the budget and record the latency fields of the summary."""
+    from hwnas.latency.predictor import table_digest
+
+    before_ms = latency.architecture_ms(supernet, genotype)
+    genotype, changes = latency.repair(supernet, genotype, cfg.latency_ms)
+    for change in changes:
+        log.info("budget repair: %s row %d: %s -> %s (%+.2f ms)", change["group"], change["row"],
+                 supernet.primitives[change["from"]], supernet.primitives[change["to"]], change["delta_ms"])  # fmt: skip
+    table = latency.table
+    summary.update({
+        "target": cfg.target, "latency_budget_ms": cfg.latency_ms,
+        "predicted_latency_ms": latency.architecture_ms(supernet, genotype), "argmax_latency_ms": before_ms,
+        "repairs": changes, "latency_input_size": latency.input_size, "predicted_keys": latency.predicted_keys,
+        "table": {"name": table.name, "target": table.metadata.target, "device": table.metadata.device,
+                  "runtime": table.metadata.runtime, "source": table.metadata.source,
+                  "sha256": table_digest(table), "path": str(table.path) if table.path else None},
+    })  # fmt: skip
+    log.info("derived architecture: %.2f ms on %s (budget %.2f ms)", summary["predicted_latency_ms"], cfg.target,
+             cfg.latency_ms)  # fmt: skip
+    return genotype
+
+
+def _group_labels(supernet) -> dict[str, list[str]]:
+    return {g: list(supernet.group_edges(g)[0].names) for g in supernet.alpha_groups() if supernet.group_edges(g)}
+
+
+def _plots(run: RunDir, genotype, alpha_history, supernet) -> None:
+    from hwnas import plots
+
+    try:
+        plots.plot_genotype(genotype, run.path)
+        plots.plot_alpha_history(alpha_history, _group_labels(supernet), run.path / "alphas.png")
+    except Exception as err:  # noqa: BLE001 - a failed plot must not fail a finished search
+        log.warning("could not draw plots: %s", err)
+
+
+def evaluate(model: torch.nn.Module, loader) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` in eval mode over `loader`."""
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(x)
+            total_loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+    return total_loss / max(n, 1), correct / max(n, 1)

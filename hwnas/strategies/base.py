@@ -1,0 +1,136 @@
+"""The Strategy interface and the bilevel gradient machinery the gradient-based strategies share.
+
+One search loop (`hwnas.search`) calls `prepare`, then per step `step(train_batch, val_batch)`, per epoch
+`start_epoch`/`end_epoch`, and finally `derive`. No strategy owns a training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.config import SearchConfig
+from hwnas.registry import Registry
+from hwnas.supernet.base import Supernet
+from hwnas.supernet.mixed import Mixing, WeightedSum
+
+STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+class Strategy:
+    """Bilevel search over a supernet: weights on the train split, α on the val split (DARTS, Eq. 3-4).
+
+    The default `step` is first-order DARTS: one α step on a val batch (Adam), then one weight step on a train
+    batch (SGD with momentum, cosine lr, gradient clipping). Subclasses change how edges mix (`mixing`), what
+    the α step computes (`arch_step`), or what happens after it.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: SearchConfig):
+        self.cfg = cfg
+        self.latency_objective = None  # hwnas.latency.loss objective: (task loss, supernet) -> loss, set by search
+        self.epoch = 0
+        self.step_index = 0
+        self.generator = torch.Generator()  # path sampling: seeded per step, so every rank and a resume agree
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    def supernet_options(self) -> dict[str, Any]:
+        """Keyword arguments for `SearchSpace.build_supernet` (e.g. PC-DARTS's partial channels)."""
+        return {}
+
+    def mixing(self) -> Mixing:
+        return WeightedSum(fused=self.cfg.fused)
+
+    def prepare(self, supernet: Supernet) -> None:
+        cfg = self.cfg
+        self.supernet = supernet
+        supernet.set_mixing(self.mixing())
+        self.w_opt = torch.optim.SGD(
+            supernet.weights(), cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay
+        )
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
+        self.a_opt = torch.optim.Adam(
+            supernet.arch_parameters(), cfg.arch_lr, betas=tuple(cfg.a_betas), weight_decay=cfg.a_weight_decay
+        )
+
+    # -- the loop's calls --------------------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def end_epoch(self, epoch: int) -> None:
+        self.w_sched.step()
+
+    def step(self, train_batch, val_batch) -> dict[str, float]:
+        self.generator.manual_seed(self.cfg.seed * 1_000_003 + self.step_index)
+        self.step_index += 1
+        metrics: dict[str, float] = {}
+        if self.epoch >= self.cfg.arch_warmup_epochs:
+            metrics.update(self.arch_step(train_batch, val_batch))
+        metrics.update(self.weight_step(train_batch))
+        return metrics
+
+    def derive(self):
+        return self.supernet.derive()
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Per-epoch values worth logging besides loss and accuracy (temperature, λ, ...)."""
+        metrics = {"w_lr": self.w_opt.param_groups[0]["lr"]}
+        if self.latency_objective is not None:
+            metrics.update(self.latency_objective.metrics(self.supernet))
+        return metrics
+
+    # -- the two steps -----------------------------------------------------------------------------------------
+    def task_loss(self, batch) -> tuple[torch.Tensor, float]:
+        x, y = batch
+        logits = self.supernet(x)
+        return F.cross_entropy(logits, y), accuracy(logits, y)
+
+    def arch_objective(self, task_loss: torch.Tensor) -> torch.Tensor:
+        """The α step's loss: the task loss, with the latency term when searching for a target."""
+        if self.latency_objective is None:
+            return task_loss
+        return self.latency_objective(task_loss, self.supernet)
+
+    def weight_step(self, batch) -> dict[str, float]:
+        self.w_opt.zero_grad(set_to_none=True)
+        loss, acc = self.task_loss(batch)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.supernet.weights(), self.cfg.grad_clip)
+        self.w_opt.step()
+        return {"train_loss": loss.item(), "train_acc": acc}
+
+    def arch_step(self, train_batch, val_batch) -> dict[str, float]:
+        self.a_opt.zero_grad(set_to_none=True)
+        task, acc = self.task_loss(val_batch)
+        loss = self.arch_objective(task)
+        loss.backward()
+        self.a_opt.step()
+        return {"val_loss": task.item(), "val_acc": acc, "arch_loss": loss.item()}
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "w_opt": self.w_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "step_index": self.step_index,
+        }
+        if self.latency_objective is not None:
+            state["latency_objective"] = self.latency_objective.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.step_index = state["step_index"]
+        if self.latency_objective is not None and "latency_objective" in state:
+            self.latency_objective.load_state_dict(state["latency_objective"])

@@ -1,0 +1,133 @@
+"""Training a derived network from scratch (DARTS, Sec. 3.3): SGD, cosine lr, drop-path ramped linearly,
+optional auxiliary head and cutout; checkpoint per epoch, resumable; test accuracy and parameter count."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hwnas.config import TrainConfig
+from hwnas.data import load_splits, make_loader
+from hwnas.errors import HwnasError
+from hwnas.run import RunDir, rng_state, save_torch_atomic, seed_everything, set_rng_state
+from hwnas.search import evaluate
+from hwnas.spaces import get_space, load_genotype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    test_acc: float
+    test_loss: float
+    params: int
+    summary: dict[str, Any]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the network as deployed: the auxiliary head, used only in training, is not counted."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("auxiliary_head"))
+
+
+def augment(x: torch.Tensor, cutout: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation (zero-padded crop, pad = H/8) and optional cutout, per sample."""
+    b, _c, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    if cutout > 0:
+        cy = torch.randint(0, h, (b,), generator=generator)
+        cx = torch.randint(0, w, (b,), generator=generator)
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        inside = ((ys - cy.view(b, 1, 1)).abs() <= cutout // 2) & ((xs - cx.view(b, 1, 1)).abs() <= cutout // 2)
+        out = out * (~inside).unsqueeze(1).to(out.dtype)
+    return out
+
+
+def build_model(cfg: TrainConfig, in_channels: int, num_classes: int):
+    genotype = load_genotype(cfg.genotype)
+    model = get_space(genotype.space).build_network(genotype, cfg, in_channels, num_classes)
+    return genotype, model
+
+
+def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResult:
+    cfg.validate()
+    seed_everything(cfg.seed)
+    splits = load_splits(cfg.data)
+    genotype, model = build_model(cfg, splits.in_channels, splits.num_classes)
+    params = count_parameters(model)
+    log.info("train: %s genotype %s, %d parameters, %d train / %d test examples", genotype.space, cfg.genotype,
+             params, len(splits.train), len(splits.test))  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs, eta_min=cfg.lr_min)
+    history: list[dict[str, Any]] = []
+    start_epoch, wall_s = 0, 0.0
+    state = run.load_checkpoint()
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise HwnasError(f"checkpoint in {run.path} does not match this network: {err}") from None
+        set_rng_state(state["rng"])
+        start_epoch, history, wall_s = state["epoch"] + 1, state["history"], state["wall_s"]
+        log.info("resuming %s after epoch %d", run.path, state["epoch"])
+
+    test_loader = make_loader(splits.test, 256, False)
+    aug_gen = torch.Generator()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        if hasattr(model, "drop_path_prob"):
+            model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch)
+        total_loss, correct, n = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
+            x = augment(x, cfg.cutout, aug_gen)
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            logits, aux = out if isinstance(out, tuple) else (out, None)
+            loss = F.cross_entropy(logits, y)
+            if aux is not None:
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+            bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{correct / n:.3f}")
+        sched.step()
+        test_loss, test_acc = evaluate(model, test_loader)
+        wall_s += time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": total_loss / n, "train_acc": correct / n, "test_loss": test_loss,
+               "test_acc": test_acc, "lr": opt.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0}  # fmt: skip
+        history.append(row)
+        run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                             "sched": sched.state_dict(), "rng": rng_state(), "history": history,
+                             "wall_s": wall_s})  # fmt: skip
+        run.write_metrics(history)
+        log.info("epoch %d/%d: train_loss=%.4f train_acc=%.4f test_acc=%.4f", epoch + 1, cfg.epochs,
+                 row["train_loss"], row["train_acc"], test_acc)  # fmt: skip
+
+    test_loss, test_acc = evaluate(model, test_loader)
+    save_torch_atomic(run.path / "model.pt", {"genotype": genotype.to_json(), "config": cfg.to_json(),
+                                              "in_channels": splits.in_channels, "num_classes": splits.num_classes,
+                                              "state_dict": model.state_dict()})  # fmt: skip
+    genotype.save(run.path / "genotype.json")
+    summary = {"genotype": genotype.to_json(), "test_acc": test_acc, "test_loss": test_loss, "params": params,
+               "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed}  # fmt: skip
+    run.write_json("summary.json", summary)
+    log.info("test accuracy %.4f (%d parameters), weights in %s", test_acc, params, run.path / "model.pt")
+    return TrainResult(test_acc, test_loss, params, summary)

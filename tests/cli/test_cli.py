@@ -1,0 +1,124 @@
+"""The CLI through a subprocess, as a user runs it: smoke runs and every bad input (one line, exit code 2)."""
+
+import json
+
+import pytest
+
+from hwnas.spaces.darts import DARTS_V2
+
+TINY = ["--dataset", "fake", "--image-size", "8", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
+        "--no-progress"]  # fmt: skip
+
+
+def _one_line_error(result, *fragments):
+    """Exit code 2, no traceback, and one `hwnas: error:` line (log lines may precede it) naming the problem."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hwnas: error: ")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_search_train_resume_smoke(cli, tmp_path):
+    run = tmp_path / "search"
+    result = cli("search", *TINY, "--epochs", "1", "--run-dir", str(run))
+    assert result.returncode == 0, result.stderr
+    assert "genotype:" in result.stdout and (run / "genotype.json").is_file()
+    # resume extends the finished run by one epoch
+    result = cli("search", "--resume", str(run), "--epochs", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    train_run = tmp_path / "train"
+    result = cli("train", *TINY, "--genotype", str(run / "genotype.json"), "--epochs", "1", "--run-dir",
+                 str(train_run))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy:" in result.stdout and "parameters:" in result.stdout
+    assert (train_run / "model.pt").is_file()
+    assert json.loads((train_run / "summary.json").read_text())["params"] > 0
+
+
+def test_info_lists_versions_and_backends(cli):
+    result = cli("info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["versions"]["torch"] != "not installed"
+    assert "cuda" in info["backends"]
+
+
+def test_published_genotype_by_name(cli, tmp_path):
+    result = cli("train", *TINY, "--genotype", "DARTS_V1", "--epochs", "1", "--run-dir", str(tmp_path / "t"))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["search", "--dataset", "mnist"], ["unknown dataset 'mnist'", "digits"]),
+        (["search", "--space", "nas-bench"], ["unknown search space 'nas-bench'"]),
+        (["search", "--strategy", "evolution"], ["unknown strategy 'evolution'"]),
+        (["search", "--primitives", "sep_conv_3x3,conv_9x9"], ["unknown op 'conv_9x9'"]),
+        (["search", "--steps", "0"], ["steps must be >= 1"]),
+        (["search", "--train-portion", "1.0"], ["train portion must lie in (0, 1)"]),
+        (["search", "--train-portion", "0"], ["train portion"]),
+        (["search", "--dataset", "cifar10"], ["needs --data-dir"]),
+        (["search", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], ["/no/such/dir does not exist"]),
+        (["search", "--target", "mobile", "--latency", "fast"], ["malformed latency 'fast'"]),
+        (["search", "--resume", "/no/such/run"], ["does not exist"]),
+        (["train", "--genotype", "DARTS_V9"], ["DARTS_V9", "neither a file nor a published genotype"]),
+        (["search", "--epochs", "many"], ["--epochs", "invalid int value"]),
+        (["search", "--latency-loss", "quadratic"], ["invalid choice: 'quadratic'"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, fragments):
+    result = cli(*args, "--run-dir", str(tmp_path / "run")) if "--resume" not in args else cli(*args)
+    _one_line_error(result, *fragments)
+    assert not (tmp_path / "run").exists()  # nothing written for a rejected command
+
+
+def test_malformed_genotype_file(cli, tmp_path):
+    bad = tmp_path / "g.json"
+    bad.write_text('{"space": "darts", "normal": [["sep_conv_3x3"]]}')
+    _one_line_error(cli("train", "--genotype", str(bad), "--run-dir", str(tmp_path / "r")), "malformed DARTS genotype")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_errors(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("search", *TINY, "--epochs", "1", "--run-dir", str(run)).returncode == 0
+    _one_line_error(cli("search", *TINY, "--run-dir", str(run)), "already holds a run", "--resume")
+    _one_line_error(cli("search", "--resume", str(run), "--layers", "5"), "cannot change layers when resuming")
+    _one_line_error(cli("train", "--resume", str(run)), "not a train run directory")
+    (run / "checkpoint.pt").write_bytes(b"\x00not a checkpoint")
+    _one_line_error(cli("search", "--resume", str(run), "--no-progress"), "corrupt checkpoint")
+    (run / "config.json").write_text("{truncated")
+    _one_line_error(cli("search", "--resume", str(run)), "config.json is corrupt")
+
+
+def test_genotype_json_written_by_search_is_loadable_by_name_of_file(tmp_path):
+    path = tmp_path / "g.json"
+    DARTS_V2.save(path)
+    assert json.loads(path.read_text())["space"] == "darts"
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--target", "pixel9", "--latency", "80ms"], ["unknown target 'pixel9'"]),
+        (["--target", "mobile", "--latency", "10ms"], ["below the fastest architecture", "ms)"]),
+        (["--target", "mobile"], ["--target and --latency go together"]),
+        (["--target", "gpu", "--latency", "5ms"], ["hwnas profile --device gpu"]),
+        (["--target", "mobile", "--latency", "80ms", "--space", "darts"], ["no table for space 'darts'"]),
+    ],
+)
+def test_target_bad_input(cli, tmp_path, args, fragments):
+    result = cli("search", *args, "--run-dir", str(tmp_path / "run"))
+    _one_line_error(result, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,expected", [("80ms", 80.0), ("80", 80.0), ("0.08s", 80.0), ("1500us", 1.5)])
+def test_latency_strings(text, expected):
+    from hwnas.cli.common import parse_latency_ms
+
+    assert parse_latency_ms(text) == pytest.approx(expected)

@@ -1,0 +1,118 @@
+"""E[LAT] (ProxylessNAS Eq. 4) against table sums and finite differences; repair; the loss forms."""
+
+import pytest
+import torch
+
+from hwnas.config import SearchConfig
+from hwnas.latency.catalogue import mobile_network_op_configs
+from hwnas.latency.expected import LatencyModel
+from hwnas.latency.loss import LatencyObjective
+from hwnas.latency.targets import resolve_target
+from hwnas.spaces import get_space, load_genotype
+from hwnas.spaces.darts import edge_inputs
+from tests.latency.helpers import make_table
+from tests.search_hw.conftest import SIZE, WIDTH, mobile_config
+
+
+def _mobile(table, dtype=torch.float64):
+    space, cfg = get_space("mobile"), mobile_config()
+    net = space.build_supernet(cfg, 3, 4).to(dtype)
+    return space, cfg, net, LatencyModel(space, cfg, table, net)
+
+
+def test_expected_latency_equals_table_sum_for_one_hot_alpha(synthetic_table):
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        genotype = net.sample(generator)
+        with torch.no_grad():
+            net.alpha.fill_(-60.0)
+            for row, (_g, _r, k) in enumerate(net.decisions(genotype)):
+                net.alpha[row, k] = 60.0
+        table_sum = synthetic_table.sum_ms(mobile_network_op_configs(genotype.blocks, SIZE, WIDTH))
+        assert float(model.expected_ms(net).detach()) == pytest.approx(table_sum, rel=1e-9)
+        assert model.architecture_ms(net, genotype) == pytest.approx(table_sum, rel=1e-9)
+        assert net.derive() == genotype
+
+
+def test_expected_latency_gradient_by_finite_differences(synthetic_table):
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    with torch.no_grad():
+        net.alpha.normal_(generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(model.expected_ms(net), net.alpha)
+    eps = 1e-6
+    for row, col in [(0, 0), (1, 6), (5, 3), (20, 2)]:
+        with torch.no_grad():
+            net.alpha[row, col] += eps
+            plus = float(model.expected_ms(net).detach())
+            net.alpha[row, col] -= 2 * eps
+            minus = float(model.expected_ms(net).detach())
+            net.alpha[row, col] += eps
+        assert float(grad[row, col]) == pytest.approx((plus - minus) / (2 * eps), rel=1e-5, abs=1e-9)
+    assert grad[0, 6] == 0  # `zero` is not a candidate of a stage's first block
+
+
+def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
+    space = get_space("darts")
+    cfg = SearchConfig(init_channels=4, layers=3)
+    net = space.build_supernet(cfg, 3, 10).double()
+    configs = [c for edge in space.edge_op_configs(cfg, 16) for c in edge] + space.fixed_op_configs(cfg, 16)
+    table = make_table(configs, target="synthetic", space="darts", input_size=16)
+    model = LatencyModel(space, cfg, table, net)
+    genotype = load_genotype("DARTS_V2")
+    rows = {edge: r for r, edge in enumerate(edge_inputs(cfg.steps))}
+    with torch.no_grad():
+        for alpha, edges in ((net.alpha_normal, genotype.normal), (net.alpha_reduce, genotype.reduce)):
+            alpha.fill_(-60.0)
+            alpha[:, 0] = 60.0  # `none` everywhere except the genotype's edges
+            for k, (op, src) in enumerate(edges):
+                alpha[rows[(2 + k // 2, src)]] = -60.0
+                alpha[rows[(2 + k // 2, src)], net.primitives.index(op)] = 60.0
+    derived = net.derive()
+
+    def per_node(edges):
+        return [sorted(edges[k : k + 2]) for k in range(0, len(edges), 2)]
+
+    assert per_node(derived.normal) == per_node(genotype.normal)
+    assert per_node(derived.reduce) == per_node(genotype.reduce)
+    assert float(model.expected_ms(net).detach()) == pytest.approx(model.architecture_ms(net, genotype), rel=1e-9)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_repair_lands_in_the_budget_band(synthetic_table, fraction):
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    budget = model.min_ms(net) + fraction * (model.max_ms(net) - model.min_ms(net))
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        genotype, changes = model.repair(net, net.sample(generator), budget)
+        genotype.validate()
+        assert 0.9 * budget <= model.architecture_ms(net, genotype) <= budget
+        for change in changes:
+            assert change["delta_ms"] != 0
+
+
+def test_loss_forms(synthetic_table):
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    budget = float(model.expected_ms(net).detach())
+    ce = torch.tensor(2.0, dtype=torch.float64)
+    additive = LatencyObjective(model, budget, "additive", lam=0.5)
+    assert float(additive(ce, net)) == pytest.approx(2.5)
+    multiplicative = LatencyObjective(model, budget / 2, "multiplicative", beta=0.6)
+    assert float(multiplicative(ce, net)) == pytest.approx(2.0 * 2**0.6)
+    target = LatencyObjective(model, 0.5 * model.min_ms(net) + 0.5 * budget, "target", lam=0.0)
+    target(ce, net)
+    assert target.lam > 0  # the argmax architecture is too slow: λ grows
+    loose = LatencyObjective(model, 10 * model.max_ms(net), "target", lam=0.0)
+    loose(ce, net)
+    assert loose.lam < 0  # far too fast for the budget: λ turns negative and rewards latency
+
+
+def test_shipped_pixel1_table_range():
+    """The ProxylessNAS Pixel 1 table spans about 30 ms (all optional blocks skipped) to about 191 ms."""
+    table = resolve_target("mobile", "mobile", 224)
+    space, cfg = get_space("mobile"), SearchConfig(space="mobile")
+    net = space.build_supernet(cfg, 3, 10)
+    model = LatencyModel(space, cfg, table, net)
+    assert model.min_ms(net) == pytest.approx(30, abs=3)
+    assert model.max_ms(net) == pytest.approx(191, abs=3)
+    assert not model.predicted_keys

@@ -1,0 +1,90 @@
+"""Searching the mobile space to a latency budget: strategies, memory of one path, the target mode, the CLI."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwnas.memory import saved_tensor_bytes
+from hwnas.run import RunDir
+from hwnas.search import run_search
+from hwnas.spaces import get_space
+from hwnas.strategies import STRATEGIES
+from tests.search_hw.conftest import mobile_config
+
+
+def test_mobile_space_structure():
+    net = get_space("mobile").build_supernet(mobile_config(width_mult=1.0), 1, 10)
+    assert len(net.blocks) == 21 and net.alpha.shape == (21, 7)
+    firsts = [b.first for b in net.block_shapes]
+    assert sum(firsts) == 6 and [b.c_out for b in net.block_shapes if b.first] == [24, 40, 80, 96, 192, 320]
+    probs = net.probabilities()["blocks"]
+    assert all((probs[i, 6] == 0) == first for i, first in enumerate(firsts))
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("strategy", ["proxyless", "gdas", "darts"])
+def test_strategies_move_alpha_and_derive_valid_mobile_architectures(strategy):
+    cfg = mobile_config(strategy=strategy)
+    torch.manual_seed(0)
+    s = STRATEGIES.get(strategy)(cfg)
+    net = get_space("mobile").build_supernet(cfg, 3, 4)
+    s.prepare(net)
+    before = net.alpha.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        batch = (torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g))
+        s.step(batch, batch)
+    assert not torch.equal(before, net.alpha.detach())
+    s.derive().validate()
+
+
+def test_proxyless_weight_step_saves_one_paths_memory():
+    """ProxylessNAS's weight step keeps one path's activations: within 20% of the sampled network's."""
+    cfg = mobile_config(strategy="proxyless", width_mult=1.0)
+    s = STRATEGIES.get("proxyless")(cfg)
+    space = get_space("mobile")
+    net = space.build_supernet(cfg, 3, 10)
+    s.prepare(net)
+    s.generator.manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    supernet_bytes = saved_tensor_bytes(lambda: F.cross_entropy(net(x), y), exclude=list(net.parameters()))
+    sampled = net.with_decisions(net.derive(), [("blocks", r, active[0])
+                                                for r, active in enumerate(net.last_paths["blocks"].active)])  # fmt: skip
+    network = space.build_network(sampled, cfg, 3, 10)
+    network_bytes = saved_tensor_bytes(lambda: F.cross_entropy(network(x), y), exclude=list(network.parameters()))
+    assert network_bytes <= supernet_bytes <= 1.2 * network_bytes
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_target_mode_lands_in_the_budget_band(tmp_path, synthetic_table, fraction):
+    space = get_space("mobile")
+    probe = space.build_supernet(mobile_config(), 3, 4)
+    from hwnas.latency.expected import LatencyModel
+
+    model = LatencyModel(space, mobile_config(), synthetic_table, probe)
+    budget = model.min_ms(probe) + fraction * (model.max_ms(probe) - model.min_ms(probe))
+    cfg = mobile_config(strategy="proxyless", target=str(synthetic_table.path), latency_ms=budget, epochs=2)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    summary = result.summary
+    assert 0.9 * budget <= summary["predicted_latency_ms"] <= budget
+    assert summary["latency_budget_ms"] == budget and summary["table"]["sha256"]
+    assert {"expected_latency_ms", "lambda", "argmax_latency_ms"} <= set(result.history[-1])
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["predicted_latency_ms"] == summary["predicted_latency_ms"]
+    assert (tmp_path / "run" / "architecture.png").is_file()
+
+
+def test_random_search_respects_the_budget(tmp_path, synthetic_table):
+    space = get_space("mobile")
+    probe = space.build_supernet(mobile_config(), 3, 4)
+    from hwnas.latency.expected import LatencyModel
+
+    model = LatencyModel(space, mobile_config(), synthetic_table, probe)
+    budget = 0.5 * (model.min_ms(probe) + model.max_ms(probe))
+    cfg = mobile_config(strategy="random", target=str(synthetic_table.path), latency_ms=budget, epochs=1,
+                        random_samples=3)  # fmt: skip
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    assert result.summary["predicted_latency_ms"] <= budget
+    assert "best_candidate_val_acc" in result.history[-1]

@@ -1,0 +1,87 @@
+"""Datasets: digits offline, and cifar10 / imagefolder read from small generated files in their real formats."""
+
+import importlib.util
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.config import DataConfig
+from hwnas.data import load_splits, make_loader, search_splits
+from hwnas.errors import HwnasError
+
+needs_torchvision = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                                       reason="torchvision (extra `vision`) not installed")  # fmt: skip
+
+
+def test_digits_is_deterministic_resized_and_normalised():
+    a = load_splits(DataConfig(image_size=16))
+    b = load_splits(DataConfig(image_size=16, seed=5))
+    assert a.in_channels == 1 and a.num_classes == 10
+    assert len(a.train) + len(a.test) == 1797 and len(a.test) == 1797 // 5
+    x, _ = a.train[0]
+    assert x.shape == (1, 16, 16)
+    assert torch.equal(a.test.tensors[1], b.test.tensors[1])  # the test split ignores the run seed
+    assert abs(a.train.tensors[0].mean().item()) < 1e-3
+
+
+def test_search_split_by_train_portion():
+    _, train, val = search_splits(DataConfig(dataset="fake", image_size=8, train_portion=0.25))
+    assert len(train) == 16 and len(val) == 48
+    assert not set(train.indices) & set(val.indices)
+
+
+def test_loader_order_depends_only_on_seed_and_epoch():
+    splits = load_splits(DataConfig(dataset="fake", image_size=8))
+    first = [y.tolist() for _, y in make_loader(splits.train, 8, True, seed=1, epoch=3)]
+    again = [y.tolist() for _, y in make_loader(splits.train, 8, True, seed=1, epoch=3)]
+    other = [y.tolist() for _, y in make_loader(splits.train, 8, True, seed=1, epoch=4)]
+    assert first == again and first != other
+
+
+def _write_cifar10(root, n_train=20, n_test=10):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [*[(f"data_batch_{i}", n_train // 5) for i in range(1, 6)], ("test_batch", n_test)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+
+
+@needs_torchvision
+def test_cifar10_from_its_python_format(tmp_path):
+    _write_cifar10(tmp_path)
+    splits = load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path), image_size=16))
+    assert len(splits.train) == 20 and len(splits.test) == 10 and splits.num_classes == 10
+    x, y = splits.train[3]
+    assert x.shape == (3, 16, 16) and 0 <= y < 10
+
+
+@needs_torchvision
+def test_imagefolder_from_png_files(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog", "eel"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    splits = load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=12))
+    assert splits.num_classes == 3 and len(splits.train) == 9
+    assert splits.train[0][0].shape == (3, 12, 12)
+
+
+@needs_torchvision
+def test_bad_data_directories(tmp_path):
+    with pytest.raises(HwnasError, match="no cifar-10-batches-py"):
+        load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+    with pytest.raises(HwnasError, match="needs train/ and val/"):
+        load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path)))
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(HwnasError, match="cannot read CIFAR-10"):
+        load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
