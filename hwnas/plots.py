@@ -55,7 +55,8 @@ def plot_cell(edges, concat, title: str, path: Path) -> Path:
         colour = "lightblue" if node < 2 else "lightyellow"
         ax.text(x, y, names[node], ha="center", va="center", fontsize=9,
                 bbox=dict(boxstyle="round", fc=colour, ec="black"))  # fmt: skip
-    ax.text(*out, "c_{k}", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="lightgreen", ec="black"))
+    ax.text(*out, "c_{k}", ha="center", va="center", fontsize=9,
+            bbox=dict(boxstyle="round", fc="lightgreen", ec="black"))  # fmt: skip
     ax.set_xlim(-0.6, out[0] + 0.6)
     ax.set_ylim(-1.6, 1.6)
     ax.set_title(title)

@@ -166,8 +166,9 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
     before_ms = latency.architecture_ms(supernet, genotype)
     genotype, changes = latency.repair(supernet, genotype, cfg.latency_ms)
     for change in changes:
+        names = supernet.primitives
         log.info("budget repair: %s row %d: %s -> %s (%+.2f ms)", change["group"], change["row"],
-                 supernet.primitives[change["from"]], supernet.primitives[change["to"]], change["delta_ms"])  # fmt: skip
+                 names[change["from"]], names[change["to"]], change["delta_ms"])  # fmt: skip
     table = latency.table
     summary.update({
         "target": cfg.target, "latency_budget_ms": cfg.latency_ms,

@@ -70,7 +70,8 @@ def test_imagefolder_from_png_files(tmp_path):
         for cls in ("cat", "dog", "eel"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
-                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     splits = load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=12))
     assert splits.num_classes == 3 and len(splits.train) == 9
     assert splits.train[0][0].shape == (3, 12, 12)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwnas.config import DataConfig
 from hwnas.errors import HwnasError
 
 DATA_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "image_size": "image_size",

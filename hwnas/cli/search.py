@@ -22,7 +22,7 @@ FLAGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help="darts (default) or mobile; with --target the default is mobile")
-    parser.add_argument("--strategy", help="darts (default), pcdarts, gdas, proxyless, random")
+    parser.add_argument("--strategy", help="darts (default; proxyless with --target), pcdarts, gdas, proxyless, random")
     parser.add_argument("--epochs", type=int, help="search epochs (default 8)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
     parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 8)")
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--a-lr", type=float, help="architecture learning rate (default 3e-4 darts, 1e-3 mobile)")
     parser.add_argument("--arch-warmup-epochs", type=int, help="epochs before α starts to move (default 0)")
     hw = parser.add_argument_group("hardware-aware search")
-    hw.add_argument("--target", help="latency table: a shipped name (mobile, note10, cpu, onnxruntime, tflite) or a path")
+    hw.add_argument("--target", help="latency table: a name (mobile, note10, cpu, onnxruntime, tflite) or a file")
     hw.add_argument("--latency", help="latency budget, e.g. 80ms, 80, 0.08s, 1500us")
     hw.add_argument("--latency-loss", choices=["target", "additive", "multiplicative"], help="default: target")
     hw.add_argument("--latency-lambda", type=float, help="λ of the additive form / initial λ of the target mode")
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = build_config(SearchConfig, args, FLAGS)
         if cfg.target is not None and args.space is None:
             cfg = cfg.replace(space="mobile")
+        if cfg.target is not None and args.strategy is None:
+            cfg = cfg.replace(strategy="proxyless")
         if (cfg.target is None) != (cfg.latency_ms is None):
             raise HwnasError("--target and --latency go together")
         check_search_config(cfg)

@@ -151,7 +151,7 @@ class SearchCell(nn.Module):
     def forward(self, s0, s1, paths, edge_scale):  # s0, s1: (B, C_in, H, W) -> (B, multiplier * C, H', W')
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
-        for i in range(self.steps):
+        for _ in range(self.steps):
             node = sum(
                 edge_scale[offset + j] * self.edges[offset + j](h, paths.weights[offset + j], paths.active[offset + j])
                 for j, h in enumerate(states)
@@ -328,7 +328,8 @@ class Cell(nn.Module):
         super().__init__()
         self.preprocess0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, 0)
-        edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+        edges = genotype.reduce if reduction else genotype.normal
+        concat = genotype.reduce_concat if reduction else genotype.normal_concat
         self.steps, self.concat, self.reduction = len(edges) // 2, concat, reduction
         self.inputs = [src for _op, src in edges]
         self.ops = nn.ModuleList(

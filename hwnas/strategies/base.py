@@ -17,7 +17,7 @@ from hwnas.registry import Registry
 from hwnas.supernet.base import Supernet
 from hwnas.supernet.mixed import Mixing, WeightedSum
 
-STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -120,7 +120,8 @@ class GumbelHard(Mixing):
     def path_weights(self, alpha: torch.Tensor, zero_ops: list[frozenset[int]]) -> PathWeights:
         log_p = F.log_softmax(alpha, dim=-1)
         uniform = torch.rand(alpha.shape, generator=self.generator).to(alpha.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))
+        neg_log_u = (-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20)  # Exp(1) samples, > 0
+        gumbel = -torch.log(neg_log_u)
         soft = F.softmax((log_p + gumbel) / self.tau, dim=-1)
         index = soft.argmax(dim=-1)
         hard = F.one_hot(index, alpha.shape[1]).to(soft.dtype) - soft.detach() + soft

@@ -29,6 +29,7 @@ def test_each_strategy_moves_alpha_and_derives(name):
         metrics = strategy.step(_batch(seed=i), _batch(seed=10 + i))
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(metrics)
     assert any(not torch.equal(b, a) for b, a in zip(before, net.arch_parameters()))
+    assert all(torch.isfinite(a).all() for a in net.arch_parameters())
     genotype = strategy.derive()
     genotype.validate()
 
@@ -82,6 +83,20 @@ def test_proxyless_weight_step_runs_one_path_per_edge():
     strategy.weight_step(_batch())
     for paths in net.last_paths.values():
         assert all(len(active) == 1 for active in paths.active)
+
+
+def test_gdas_samples_follow_the_gumbel_softmax():
+    """Sampled ops are distributed as softmax(α) (the Gumbel-max trick), whatever the temperature."""
+    from hwnas.supernet.mixed import GumbelHard
+
+    alpha = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    mixing = GumbelHard(tau=5.0, generator=torch.Generator().manual_seed(0))
+    counts = torch.zeros(4)
+    for _ in range(4000):
+        paths = mixing.path_weights(alpha, [frozenset()])
+        counts[paths.active[0][0]] += 1
+        assert torch.isfinite(paths.weights).all() and paths.weights[0, paths.active[0][0]] == 1.0
+    assert torch.allclose(counts / counts.sum(), torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.03)
 
 
 def test_gdas_temperature_anneals_linearly():

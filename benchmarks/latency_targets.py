@@ -1,0 +1,173 @@
+"""Hardware-aware search to a budget: does the derived architecture land in [0.9 T, T], and beat random search?
+
+For each (target table, budget): search the mobile space on digits (short), derive, train the result briefly
+(the proxy accuracy), and do the same for random search under the same budget with the same training. For host
+runtimes, also time the derived network end to end (224x224, batch 1) on that runtime. Then the per-step memory
+(bytes saved for backward) and time of ProxylessNAS, GDAS and DARTS on the mobile space.
+
+    python benchmarks/latency_targets.py [--targets mobile onnxruntime tflite] [--epochs 3] [--json PATH]
+
+Budgets: 60, 80, 100 ms on `mobile` (the Pixel 1 table); on host tables, 25/50/75% of the way from the space's
+fastest to its slowest architecture. Prints a table; writes JSON and a PNG of the derived architectures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hwnas.config import DataConfig, SearchConfig, TrainConfig  # noqa: E402
+from hwnas.latency.expected import LatencyModel  # noqa: E402
+from hwnas.latency.targets import resolve_target  # noqa: E402
+from hwnas.memory import saved_tensor_bytes  # noqa: E402
+from hwnas.run import RunDir  # noqa: E402
+from hwnas.search import run_search  # noqa: E402
+from hwnas.spaces import get_space  # noqa: E402
+from hwnas.strategies import STRATEGIES  # noqa: E402
+from hwnas.train import run_train  # noqa: E402
+
+log = logging.getLogger("latency_targets")
+HOST_RUNTIMES = ("onnxruntime", "tflite", "cpu")
+
+
+def budgets_for(target: str) -> list[float]:
+    if target == "mobile":
+        return [60.0, 80.0, 100.0]
+    space, cfg = get_space("mobile"), SearchConfig(space="mobile")
+    net = space.build_supernet(cfg, 3, 10)
+    model = LatencyModel(space, cfg, resolve_target(target, "mobile", 224), net)
+    lo, hi = model.min_ms(net), model.max_ms(net)
+    return [round(lo + f * (hi - lo), 2) for f in (0.25, 0.5, 0.75)]
+
+
+def proxy_accuracy(genotype_path: Path, workdir: Path, epochs: int) -> float:
+    cfg = TrainConfig(genotype=str(genotype_path), epochs=epochs, drop_path_prob=0.0)
+    return run_train(cfg, RunDir.create(workdir, "train", cfg.to_json()), progress=False).test_acc
+
+
+def measured_ms(target: str, genotype) -> float | None:
+    if target not in HOST_RUNTIMES:
+        return None
+    from hwnas.profilers import get_profiler
+
+    network = get_space("mobile").build_network(genotype, TrainConfig(), 3, 1000).eval()
+    with get_profiler(target, threads=1) as profiler:
+        return profiler.measure_module(network, (1, 3, 224, 224)).median_ms
+
+
+def search_and_train(target: str, budget: float, strategy: str, args, workdir: Path) -> dict:
+    cfg = SearchConfig(space="mobile", strategy=strategy, target=target, latency_ms=budget, epochs=args.epochs,
+                       batch_size=64, random_samples=args.random_samples, seed=args.seed,
+                       data=DataConfig(dataset="digits", image_size=32))  # fmt: skip
+    run = workdir / f"{target}-{budget:g}-{strategy}"
+    t0 = time.perf_counter()
+    result = run_search(cfg, RunDir.create(run, "search", cfg.to_json()), progress=False)
+    search_s = time.perf_counter() - t0
+    accuracy = proxy_accuracy(run / "genotype.json", workdir / f"{run.name}-train", args.train_epochs)
+    measured = measured_ms(target, result.genotype)
+    return {"strategy": strategy, "genotype": result.genotype.describe(), "blocks": list(result.genotype.blocks),
+            "table_ms": result.summary["predicted_latency_ms"], "table_over_target": result.summary[
+                "predicted_latency_ms"] / budget, "measured_ms": measured,
+            "measured_over_target": None if measured is None else measured / budget, "proxy_acc": accuracy,
+            "search_s": search_s, "repairs": len(result.summary["repairs"])}  # fmt: skip
+
+
+def step_costs(batch: int, repeats: int) -> list[dict]:
+    """Per weight step: bytes saved for backward and median time, for three strategies on the mobile supernet."""
+    rows = []
+    space = get_space("mobile")
+    x, y = torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,))
+    for name in ("proxyless", "gdas", "darts"):
+        cfg = SearchConfig(space="mobile", strategy=name)
+        strategy = STRATEGIES.get(name)(cfg)
+        net = space.build_supernet(cfg, 1, 10)
+        strategy.prepare(net)
+        strategy.generator.manual_seed(0)
+        derived = space.build_network(net.derive(), cfg, 1, 10)
+        saved, derived_saved = (
+            saved_tensor_bytes(lambda m=model: F.cross_entropy(m(x), y), exclude=list(model.parameters()))
+            for model in (net, derived)
+        )
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            strategy.weight_step((x, y))
+            times.append((time.perf_counter() - t0) * 1e3)
+        rows.append({"strategy": name, "batch": batch, "saved_bytes": saved, "derived_saved_bytes": derived_saved,
+                     "saved_over_derived": saved / derived_saved,
+                     "weight_step_ms": statistics.median(times)})  # fmt: skip
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hwnas.plots import plot_mobile_genotype
+    from hwnas.spaces.mobile import MobileGenotype
+
+    searched = [r for r in rows if r["strategy"] != "random"]
+    fig, axes = plt.subplots(len(searched), 1, figsize=(12, 1.3 * len(searched)), squeeze=False)
+    for ax, row in zip(axes[:, 0], searched):
+        title = f"{row['target']} @ {row['budget_ms']:g} ms: table {row['table_ms']:.1f} ms"
+        plot_mobile_genotype(MobileGenotype(tuple(row["blocks"])), path, title=title, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", nargs="+", default=["mobile", "onnxruntime", "tflite"])
+    parser.add_argument("--strategy", default="proxyless")
+    parser.add_argument("--epochs", type=int, default=3, help="search epochs")
+    parser.add_argument("--train-epochs", type=int, default=3, help="proxy training epochs")
+    parser.add_argument("--random-samples", type=int, default=4)
+    parser.add_argument("--step-batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "latency_targets.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(args.seed)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in args.targets:
+            for budget in budgets_for(target):
+                for strategy in (args.strategy, "random"):
+                    row = {"target": target, "budget_ms": budget,
+                           **search_and_train(target, budget, strategy, args, Path(tmp))}  # fmt: skip
+                    rows.append(row)
+                    print(f"{target:12s} {budget:7.2f} {strategy:9s} table {row['table_ms']:7.2f} "
+                          f"({row['table_over_target']:.3f} T) measured {row['measured_ms'] or float('nan'):7.2f} "
+                          f"acc {row['proxy_acc']:.4f}  {row['genotype']}", flush=True)  # fmt: skip
+    steps = step_costs(args.step_batch, repeats=3)
+    print(f"\nper weight step on the mobile supernet (batch {args.step_batch}, 32x32):")
+    print(f"{'strategy':10s} {'saved MiB':>10s} {'derived MiB':>12s} {'ratio':>6s} {'step ms':>8s}")
+    for s in steps:
+        print(f"{s['strategy']:10s} {s['saved_bytes'] / 2**20:10.1f} {s['derived_saved_bytes'] / 2**20:12.1f} "
+              f"{s['saved_over_derived']:6.2f} {s['weight_step_ms']:8.0f}")  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "searches": rows,
+                                     "steps": steps}, indent=2) + "\n")  # fmt: skip
+    plot(rows, args.json.with_suffix(".png"))
+    print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
