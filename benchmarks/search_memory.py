@@ -1,0 +1,221 @@
+"""Memory and time of one DARTS search step: naive vs fused mixed op, PC-DARTS, and the derived network.
+
+    python benchmarks/search_memory.py [--batch-sizes 16 32 64] [--json PATH] [--device cpu|cuda]
+
+One first-order search step = forward + backward of the supernet on a batch (C=16, 8 cells, 32x32, 3 input
+channels, 10 classes, all 8 DARTS ops); `discrete` is the same step on DartsNetwork(DARTS_V2, 16, 10, 8, 3).
+Variants: naive (WeightedSum), fused (WeightedSum(fused=True)), pc_naive / pc_fused (PartialChannel, K=4, edge
+normalisation). Each (variant, batch) runs in a fresh subprocess, which measures
+
+- saved_bytes: tensors saved for backward (saved_tensors_hooks), deduplicated by storage; saved_param_bytes is
+  the part that are parameters or buffers (they exist anyway);
+- peak_rss_bytes: peak resident memory during the first step minus resident memory just before it (the peak
+  is reset through /proc/self/clear_refs; without it, getrusage's high-water mark gives a lower bound); on
+  CUDA also peak_cuda_bytes (max_memory_allocated minus memory allocated before the step);
+- step_ms / cpu_ms: median wall and process CPU time of the timed steps after it (CUDA events on CUDA).
+
+max_batch_4gib extrapolates saved_bytes, a least-squares line a + b·batch over the measured batch sizes,
+to the batch whose saved tensors fill 4 GiB: (4 GiB - a) / b. Only saved tensors count, not parameters,
+gradients or transient buffers. Timings default to one thread: on a shared machine, OpenMP threads competing
+for cores make multi-threaded step times swing by several times; --threads changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ("naive", "fused", "pc_naive", "pc_fused", "discrete")
+BUDGET = 4 * 2**30
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "search_memory.json"
+log = logging.getLogger("search_memory")
+
+
+def build(variant: str):
+    from hwnas.ops.darts import DARTS_PRIMITIVES
+    from hwnas.spaces.darts import DARTS_V2, DartsNetwork, DartsSupernet
+    from hwnas.supernet.mixed import PartialChannel, WeightedSum
+
+    if variant == "discrete":
+        return DartsNetwork(DARTS_V2, 16, 10, 8, 3)
+    pc = variant.startswith("pc_")
+    net = DartsSupernet(16, 10, 8, 3, DARTS_PRIMITIVES, partial_channels=4 if pc else 1, edge_normalization=pc)
+    net.set_mixing((PartialChannel if pc else WeightedSum)(fused=variant.endswith("fused")))
+    return net
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: VmHWM := VmRSS
+        return _status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _rss_bytes(field: str | None) -> int:
+    """VmRSS / VmHWM from /proc; without it (field None) the getrusage high-water mark."""
+    kib = _status_kib(field) if field else None
+    return 1024 * (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def measure(variant: str, batch: int, device: str, repeats: int, threads: int) -> dict:
+    """One row, in this process (run it in a fresh one: peak RSS and allocator state depend on history)."""
+    import torch
+    import torch.nn.functional as F
+    from hwnas.kernels.backend import kernel_backend
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    net = build(variant).to(dev).train()
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    param_storages = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def step(hooks=contextlib.nullcontext):
+        net.zero_grad(set_to_none=True)
+        with hooks():  # the forward only: the fused backward's recomputation saves (and frees) its own
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        cuda_before = torch.cuda.memory_allocated(dev)
+    precise = _reset_peak_rss()
+    rss_before = _rss_bytes("VmRSS" if precise else None)
+    step(lambda: torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+    if cuda:
+        torch.cuda.synchronize(dev)
+    peak = _rss_bytes("VmHWM" if precise else None)
+    row = {
+        "variant": variant,
+        "batch": batch,
+        "device": device,
+        "backend": "none" if variant.endswith("naive") or variant == "discrete" else kernel_backend(dev),
+        "threads": threads,
+        "saved_bytes": sum(saved.values()),
+        "saved_param_bytes": sum(n for p, n in saved.items() if p in param_storages),
+        "peak_rss_bytes": peak - rss_before,
+    }
+    if cuda:
+        row["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(dev) - cuda_before
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize(dev)
+            wall.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step()
+            wall.append(1e3 * (time.perf_counter() - t0))
+        cpu.append(1e3 * (time.process_time() - c0))
+    row["timed_steps"] = repeats
+    row["step_ms"] = round(statistics.median(wall), 1)
+    row["cpu_ms"] = round(statistics.median(cpu), 1)
+    return row
+
+
+def max_batch(rows: list[dict]) -> int:
+    """Batch whose saved bytes reach BUDGET, from a least-squares line through (batch, saved_bytes)."""
+    xs, ys = [r["batch"] for r in rows], [r["saved_bytes"] for r in rows]
+    if len(set(xs)) < 2:
+        return int(BUDGET * xs[0] / ys[0])
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+    return int((BUDGET - (my - slope * mx)) / slope)
+
+
+def run_worker(variant: str, batch: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, str(batch), "--device", args.device,
+           "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{variant} batch {batch} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(row: dict, ref: dict | None, key: str) -> str:
+    return f"{row[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
+
+
+def table(rows: list[dict]) -> str:
+    mib = 2**20
+    by = {(r["variant"], r["batch"]): r for r in rows}
+    head = f"{'variant':<9} {'batch':>5} {'saved MiB':>10} {'x discrete':>10} "
+    head += f"{'peak RSS MiB':>12} {'x discrete':>10} "
+    head += f"{'step ms':>9} {'x naive':>8} {'cpu ms':>9} {'x naive':>8} {'max batch@4GiB':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        d, n = by.get(("discrete", r["batch"])), by.get(("naive", r["batch"]))
+        lines.append(
+            f"{r['variant']:<9} {r['batch']:>5} "
+            f"{r['saved_bytes'] / mib:>10.1f} {_ratio(r, d, 'saved_bytes'):>10} "
+            f"{r['peak_rss_bytes'] / mib:>12.1f} {_ratio(r, d, 'peak_rss_bytes'):>10} {r['step_ms']:>9.0f} "
+            f"{_ratio(r, n, 'step_ms'):>8} {r['cpu_ms']:>9.0f} {_ratio(r, n, 'cpu_ms'):>8} {r['max_batch_4gib']:>14}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    rows = []
+    for variant in args.variants:
+        for batch in args.batch_sizes:
+            rows.append(run_worker(variant, batch, args))
+            log.info("%s batch %d: %s", variant, batch, rows[-1])
+        fit = max_batch([r for r in rows if r["variant"] == variant])
+        for r in rows:
+            if r["variant"] == variant:
+                r["max_batch_4gib"] = fit
+    print(table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Which implementation runs hwnas.kernels: Triton on CUDA tensors, the native library, or plain PyTorch.
+
+Per tensor: Triton for CUDA tensors when triton is installed; else the native library (`CMakeLists.txt` at
+the repository root builds `kernels/native/libhwnas_native.so`, registering `torch.ops.hwnas.*`) for the
+devices it was built for; else the PyTorch reference, always correct, only slower. Nothing here touches
+CUDA at import time; the native library is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the @jit kernels then stay plain functions that nothing launches
+    triton = None
+    tl = None
+
+log = logging.getLogger(__name__)
+
+NATIVE_LIBRARY = Path(__file__).resolve().parent / "native" / "libhwnas_native.so"
+BUILD_COMMAND = (
+    'cmake -S . -B build/native -DPython3_EXECUTABLE="$(command -v python)" && cmake --build build/native -j'
+)
+
+_native_status: str | None = None  # None before the first load attempt, "loaded" once torch.ops.hwnas exists
+_native_devices: dict[str, bool] = {}  # device type -> the library has kernels for it
+
+
+def jit(fn):
+    """`triton.jit` when Triton is installed; otherwise the plain function, which is then never launched."""
+    return triton.jit(fn) if triton is not None else fn
+
+
+def load_native() -> bool:
+    """Load the native library if it is built (again after building it); True once torch.ops.hwnas exists."""
+    global _native_status
+    if _native_status == "loaded":
+        return True
+    _native_devices.clear()
+    if not NATIVE_LIBRARY.exists():
+        _native_status = "not built"
+    else:
+        try:
+            torch.ops.load_library(str(NATIVE_LIBRARY))
+            _native_status = "loaded"
+        except (OSError, RuntimeError) as err:  # e.g. built against another torch
+            _native_status = f"failed to load: {err}"
+            log.warning("hwnas native kernels %s; the PyTorch reference runs instead", _native_status)
+    return _native_status == "loaded"
+
+
+def _native_for(device_type: str) -> bool:
+    if device_type not in _native_devices:
+        if _native_status is None:
+            load_native()
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+        _native_devices[device_type] = bool(
+            _native_status == "loaded" and key and torch._C._dispatch_has_kernel_for_dispatch_key("hwnas::dot", key)
+        )
+    return _native_devices[device_type]
+
+
+def kernel_backend(device: torch.device) -> str:
+    """What runs the kernels for tensors on `device`: "triton", "native" or "reference"."""
+    if device.type == "cuda" and triton is not None:
+        return "triton"
+    return "native" if _native_for(device.type) else "reference"
+
+
+def backend_report() -> dict[str, str]:
+    """For `hwnas info` and the search log: the backend per device, and why the others are not used."""
+    load_native()
+    native = str(NATIVE_LIBRARY) if _native_status == "loaded" else f"{_native_status}; build: {BUILD_COMMAND}"
+    return {
+        "kernels_cpu": kernel_backend(torch.device("cpu")),
+        "kernels_cuda": kernel_backend(torch.device("cuda")) if torch.cuda.is_available() else "no CUDA device",
+        "kernels_native": native,
+        "triton": triton.__version__ if triton is not None else "not installed",
+    }

@@ -1,0 +1,210 @@
+"""The fused mixed op: y = Σ_k w_k · o_k(x) (DARTS, Liu et al. 2019, Eq. 2) without keeping N op outputs.
+
+The naive supernet keeps every candidate's activations for backward. Here the forward runs the candidates one
+at a time under no_grad, accumulating w_k · o_k(x) into one buffer, and saves only x (and the op parameters).
+The backward recomputes one candidate at a time with grad enabled, as torch.utils.checkpoint does (same
+RNG stream, BatchNorm running statistics untouched), takes ∂L/∂w_k = ⟨g, o_k(x)⟩ and backpropagates w_k · g
+through o_k. Peak memory holds one candidate's activations instead of N.
+
+Top to bottom: reference, Triton kernels, launchers, dispatch, autograd.Function, entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from hwnas.supernet.mixed import weighted_sum_reference
+
+from . import backend
+from .backend import jit, tl, triton
+
+__all__ = ["fused_mixed_op", "weighted_sum_reference", "weighted_accumulate", "dot"]
+
+# ------------------------------------------------------------------------------------------------------------
+# Reference: the two reductions the fused op is made of, in plain PyTorch
+# ------------------------------------------------------------------------------------------------------------
+
+
+def weighted_accumulate_reference(out: torch.Tensor, y: torch.Tensor, w: float, overwrite: bool) -> torch.Tensor:
+    """out = w·y (overwrite) or out + w·y, in place."""
+    return torch.mul(y, w, out=out) if overwrite else out.add_(y, alpha=w)
+
+
+def dot_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """⟨a, b⟩ over all elements, a 0-dim tensor."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Triton kernels (CUDA tensors)
+# ------------------------------------------------------------------------------------------------------------
+
+_BLOCK = 4096
+
+
+@jit
+def _weighted_accumulate_kernel(out_ptr, y_ptr, w, n, OVERWRITE: tl.constexpr, BLOCK: tl.constexpr):
+    """out = w·y (+ out) over one block: one candidate's term of Eq. (2), accumulated in fp32 or wider."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    acc = w * tl.load(y_ptr + offs, mask=mask)
+    if not OVERWRITE:
+        acc += tl.load(out_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@jit
+def _dot_kernel(a_ptr, b_ptr, partial_ptr, n, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """One block's share of ⟨a, b⟩, the weight gradient ⟨g, o_k(x)⟩; the launcher sums the partials."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(ACC)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(partial_ptr + pid, tl.sum(a * b, axis=0))
+
+
+def weighted_accumulate_triton(out: torch.Tensor, y: torch.Tensor, w: float, overwrite: bool) -> torch.Tensor:
+    n = y.numel()
+    _weighted_accumulate_kernel[(triton.cdiv(n, _BLOCK),)](out, y, w, n, OVERWRITE=overwrite, BLOCK=_BLOCK)
+    return out
+
+
+def dot_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    n = a.numel()
+    wide = a.dtype == torch.float64
+    partial = torch.empty(triton.cdiv(n, _BLOCK), dtype=torch.float64 if wide else torch.float32, device=a.device)
+    _dot_kernel[(partial.numel(),)](a, b, partial, n, ACC=tl.float64 if wide else tl.float32, BLOCK=_BLOCK)
+    return partial.sum().to(a.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dispatch: Triton on CUDA, the native library where built, the reference otherwise (and for strided tensors)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def weighted_accumulate(out: torch.Tensor | None, y: torch.Tensor, w: float) -> torch.Tensor:
+    """out + w·y in place, or a new contiguous w·y when `out` is None."""
+    overwrite = out is None
+    if overwrite:
+        out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    kind = backend.kernel_backend(y.device)
+    if kind == "reference" or out.dtype != y.dtype or not (out.is_contiguous() and y.is_contiguous()):
+        return weighted_accumulate_reference(out, y, w, overwrite)
+    if kind == "triton":
+        return weighted_accumulate_triton(out, y, w, overwrite)
+    return torch.ops.hwnas.weighted_accumulate_(out, y, w, overwrite)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """⟨a, b⟩ as a 0-dim tensor of a's dtype."""
+    kind = backend.kernel_backend(a.device)
+    if kind == "reference" or a.dtype != b.dtype or not (a.is_contiguous() and b.is_contiguous()):
+        return dot_reference(a, b)
+    return dot_triton(a, b) if kind == "triton" else torch.ops.hwnas.dot(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# autograd.Function
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """The non-tensor side of one call, captured when it is made (so functional_call's substitutes count)."""
+
+    ops: nn.ModuleList
+    active: list[int]  # candidates that contribute (the others are zero ops)
+    live: list[int]  # active candidates with a non-zero weight: run in forward, recomputed in backward
+    w: list[float]  # the weights as Python floats (one host read per edge)
+    params: dict[int, dict[str, torch.Tensor]]  # per active op, the parameters it ran with
+    buffers: dict[int, dict[str, torch.Tensor]]  # per active op, its buffers (BatchNorm statistics)
+
+    def run(self, k: int, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """o_k(x) with the given parameters and copies of its buffers: running statistics stay as they are."""
+        state = {**params, **{name: b.clone() for name, b in self.buffers[k].items()}}
+        return torch.func.functional_call(self.ops[k], state, (x,))
+
+
+def _rng_state(device: torch.device):
+    device_state = None if device.type == "cpu" else torch.get_device_module(device.type).get_rng_state(device)
+    return torch.get_rng_state(), device_state
+
+
+class FusedMixedOp(torch.autograd.Function):
+    """Σ_k w_k o_k(x), saving x and the live ops' parameters. Inputs: x, weights, plan, *live op params."""
+
+    @staticmethod
+    def forward(ctx, x, weights, plan: _Plan, *params):
+        ctx.plan, ctx.weights_dtype = plan, weights.dtype
+        ctx.rng = _rng_state(x.device)
+        out = None
+        for k in plan.live:
+            out = weighted_accumulate(out, plan.ops[k](x), plan.w[k])
+        ctx.save_for_backward(x, *params)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        plan: _Plan = ctx.plan
+        x, *params = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        need_p = ctx.needs_input_grad[3:]
+        g = g.contiguous()
+        x_in = x.detach().requires_grad_(need_x)
+        grad_x, param_grads = None, [None] * len(params)
+        grad_w = torch.zeros(len(plan.w), dtype=ctx.weights_dtype, device=g.device) if need_w else None
+        cpu_state, device_state = ctx.rng
+        devices = [] if device_state is None else [x.device]
+        with torch.random.fork_rng(devices=devices, device_type=x.device.type):
+            torch.set_rng_state(cpu_state)
+            if device_state is not None:
+                torch.get_device_module(x.device.type).set_rng_state(device_state, x.device)
+            start = 0
+            for k in plan.live:  # forward order, so random ops replay the same draws
+                names = list(plan.params[k])
+                needs = need_p[start : start + len(names)]
+                leaves = [p.detach().requires_grad_(n) for p, n in zip(params[start : start + len(names)], needs)]
+                with torch.enable_grad():
+                    y = plan.run(k, x_in, dict(zip(names, leaves)))
+                if need_w:
+                    grad_w[k] = dot(g, y)
+                targets = ([x_in] if need_x else []) + [p for p in leaves if p.requires_grad]
+                if targets and y.requires_grad:
+                    grads = list(torch.autograd.grad(y, targets, g, allow_unused=True))
+                    gx = grads.pop(0) if need_x else None
+                    if gx is not None:
+                        grad_x = weighted_accumulate(grad_x, gx, plan.w[k])
+                    for i, need in enumerate(needs):
+                        gp = grads.pop(0) if need else None
+                        param_grads[start + i] = None if gp is None else gp.mul_(plan.w[k])
+                start += len(names)
+            if need_w:  # zero-weight candidates: not run in forward, but ∂L/∂w_k = ⟨g, o_k(x)⟩ all the same
+                for k in (k for k in plan.active if k not in plan.live):
+                    with torch.no_grad():
+                        grad_w[k] = dot(g, plan.run(k, x, plan.params[k]))
+        return grad_x, grad_w, None, *param_grads
+
+
+def fused_mixed_op(x: torch.Tensor, weights: torch.Tensor, ops: nn.ModuleList, active: list[int]) -> torch.Tensor:
+    """Σ_{k ∈ active} weights[k] · ops[k](x), equal to `weighted_sum_reference` in value and every gradient.
+
+    x: (B, C, H, W), any strides; weights: (N,), differentiable; candidates with weight exactly 0 are skipped
+    (their weight still gets ⟨g, o_k(x)⟩, their running statistics are not updated).
+    """
+    w = weights.detach().to("cpu", torch.float64).tolist()
+    live = [k for k in active if w[k] != 0.0] or list(active[:1])
+    plan = _Plan(
+        ops,
+        list(active),
+        live,
+        w,
+        params={k: dict(ops[k].named_parameters()) for k in active},
+        buffers={k: dict(ops[k].named_buffers()) for k in active},
+    )
+    return FusedMixedOp.apply(x, weights, plan, *(p for k in live for p in plan.params[k].values()))

@@ -1,0 +1,174 @@
+"""fused_mixed_op against weighted_sum_reference: value, every gradient, BatchNorm statistics, RNG replay."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hwnas.kernels.mixed_op import (
+    dot,
+    dot_reference,
+    fused_mixed_op,
+    weighted_accumulate,
+    weighted_accumulate_reference,
+)
+from torch import nn
+
+from hwnas.ops.darts import DARTS_PRIMITIVES, OPS
+from hwnas.supernet.mixed import weighted_sum_reference
+
+ALL = list(range(1, len(DARTS_PRIMITIVES)))  # every candidate but "none"
+
+
+def make_ops(c: int, stride: int, dtype=torch.float32) -> nn.ModuleList:
+    torch.manual_seed(0)
+    return nn.ModuleList(OPS.get(p)(c, stride, False) for p in DARTS_PRIMITIVES).to(dtype)
+
+
+def run(fn, ops, x, weights, active):
+    """One forward + backward with a fixed upstream gradient; returns the output and every gradient."""
+    x = x.detach().requires_grad_()  # keeps x's strides
+    weights = weights.detach().requires_grad_()
+    torch.manual_seed(1)
+    y = fn(x, weights, ops, active)
+    g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
+    (y * g).sum().backward()
+    grads = [p.grad for p in ops.parameters()]
+    return y.detach(), x.grad, weights.grad, grads, [b.clone() for b in ops.buffers()]
+
+
+def assert_same(ref, got, rtol=1e-4, atol=1e-5, buffers=True):
+    y0, gx0, gw0, gp0, b0 = ref
+    y1, gx1, gw1, gp1, b1 = got
+    torch.testing.assert_close(y1, y0, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gx1, gx0, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gw1, gw0, rtol=rtol, atol=atol)
+    for p1, p0 in zip(gp1, gp0):  # None: the op did not run (or had weight 0, where the reference gives zeros)
+        if p0 is not None or p1 is not None:
+            zeros = torch.zeros_like(p0 if p0 is not None else p1)
+            torch.testing.assert_close(
+                p1 if p1 is not None else zeros, p0 if p0 is not None else zeros, rtol=rtol, atol=atol
+            )
+    if buffers:
+        for s1, s0 in zip(b1, b0):
+            torch.testing.assert_close(s1, s0, rtol=rtol, atol=atol)
+
+
+def compare(ops, x, weights, active, **kwargs):
+    ref = run(weighted_sum_reference, copy.deepcopy(ops), x, weights, active)
+    got = run(fused_mixed_op, copy.deepcopy(ops), x, weights, active)
+    assert_same(ref, got, **kwargs)
+
+
+def row_weights(n: int, seed: int = 3) -> torch.Tensor:
+    alpha = torch.randn(4, n, generator=torch.Generator().manual_seed(seed))
+    return torch.softmax(alpha, dim=-1)[1]  # a row of the per-edge weights, as the cells pass it
+
+
+@pytest.mark.parametrize(
+    ("batch", "c", "hw", "stride", "layout", "active"),
+    [
+        (1, 3, 7, 1, "contiguous", ALL),
+        (2, 5, 8, 1, "channel_slice", ALL),
+        (3, 4, 9, 1, "transposed", [1, 4, 6]),
+        (2, 6, 8, 2, "channel_slice", ALL),
+        (1, 4, 9, 2, "contiguous", [2, 3, 5]),
+    ],
+)
+def test_matches_reference(cpu_backend, batch, c, hw, stride, layout, active):
+    ops = make_ops(c, stride)
+    base = torch.randn(batch, c + 3, hw, hw)
+    x = {
+        "contiguous": base[:, :c].contiguous(),
+        "channel_slice": base[:, 3:],  # the PC-DARTS case: a strided view of a node
+        "transposed": base[:, :c].transpose(2, 3),
+    }[layout]
+    compare(ops, x, row_weights(len(DARTS_PRIMITIVES)), active)
+
+
+def test_zero_weights_skipped_but_weight_gradient_exact(cpu_backend):
+    ops = make_ops(4, 1)
+    weights = row_weights(len(DARTS_PRIMITIVES)).clone()
+    weights[[2, 4]] = 0.0  # exactly zero: not run in forward, no backprop through them
+    compare(ops, torch.randn(2, 4, 6, 6), weights, ALL, buffers=False)  # their BN statistics are not updated
+    weights[1:] = 0.0  # every active candidate zero: output zeros of the right shape
+    compare(ops, torch.randn(2, 4, 6, 6), weights, ALL, buffers=False)
+
+
+def test_bn_running_stats_updated_once():
+    ops = make_ops(4, 1)
+    fused_ops = copy.deepcopy(ops)
+    x = torch.randn(2, 4, 6, 6)
+    run(weighted_sum_reference, ops, x, row_weights(8), ALL)
+    run(fused_mixed_op, fused_ops, x, row_weights(8), ALL)
+    tracked = [b for n, b in fused_ops.named_buffers() if n.endswith("num_batches_tracked")]
+    assert tracked and all(int(b) == 1 for b in tracked)
+    for b1, b0 in zip(fused_ops.buffers(), ops.buffers()):
+        torch.testing.assert_close(b1, b0)
+
+
+def test_dropout_masks_replayed(cpu_backend):
+    torch.manual_seed(0)
+    ops = nn.ModuleList(
+        [
+            nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Dropout(0.5)),
+            nn.Sequential(nn.Dropout(0.3), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)),
+            nn.Identity(),
+        ]
+    )
+    compare(ops, torch.randn(2, 3, 5, 5), torch.softmax(torch.randn(3), 0), [0, 1, 2])
+
+
+class Edge(nn.Module):
+    def __init__(self, ops: nn.ModuleList, fn):
+        super().__init__()
+        self.ops, self.fn = ops, fn
+
+    def forward(self, x, weights):
+        return self.fn(x, weights, self.ops, ALL)
+
+
+def test_functional_call_uses_substituted_parameters():
+    """DARTS second order runs the supernet on w' = w - ξ∇w through torch.func.functional_call."""
+    ops = make_ops(4, 1)
+    x, weights = torch.randn(2, 4, 6, 6), row_weights(8)
+    results = []
+    for fn in (weighted_sum_reference, fused_mixed_op):
+        edge = Edge(copy.deepcopy(ops), fn)
+        subs = {n: (1.5 * p.detach()).requires_grad_() for n, p in edge.named_parameters()}
+        y = torch.func.functional_call(edge, subs, (x, weights))
+        assert not torch.allclose(y, edge(x, weights))  # the substitutes really ran
+        grads = torch.autograd.grad(y.square().sum(), list(subs.values()))
+        assert all(p.grad is None for p in edge.parameters())
+        results.append((y.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    for g1, g0 in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("stride", "c"), [(1, 2), (2, 2)])
+def test_gradcheck(cpu_backend, stride, c):
+    edge = Edge(make_ops(c, stride, torch.float64), fused_mixed_op)
+    names, params = zip(*[(n, p.detach().clone().requires_grad_()) for n, p in edge.named_parameters()])
+    x = torch.randn(2, c, 4, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.softmax(torch.randn(8, dtype=torch.float64), 0).requires_grad_()
+
+    def fn(x, weights, *params):
+        return torch.func.functional_call(edge, dict(zip(names, params)), (x, weights))
+
+    assert torch.autograd.gradcheck(fn, (x, weights, *params), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("n", [1, 7, 40_001])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_accumulate_and_dot(cpu_backend, n, dtype):
+    y = torch.randn(n, dtype=dtype)
+    out = torch.randn(n, dtype=dtype)
+    torch.testing.assert_close(
+        weighted_accumulate(out.clone(), y, 0.3), weighted_accumulate_reference(out, y, 0.3, False)
+    )
+    torch.testing.assert_close(weighted_accumulate(None, y, -1.5), -1.5 * y)
+    strided = torch.randn(2 * n, dtype=dtype)[::2]
+    torch.testing.assert_close(dot(y, strided), dot_reference(y, strided))
+    torch.testing.assert_close(dot(y, out), (y * out).sum(), rtol=1e-5, atol=1e-4)
