@@ -23,7 +23,7 @@ from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
 log = logging.getLogger(__name__)
-DATASETS: Registry[Callable[[DataConfig], "Splits"]] = Registry("dataset")
+DATASETS: Registry[Callable[[DataConfig], Splits]] = Registry("dataset")
 _TEST_SPLIT_SEED = 20190101  # fixed, so the test split is the same whatever the run's seed
 
 

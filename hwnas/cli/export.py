@@ -27,21 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=("onnx", "tflite", "all"))
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     shape = parser.add_argument_group("input")
-    shape.add_argument(
-        "--input-size", type=int, help="input resolution (default: the run's dataset's, else 32)"
-    )
-    shape.add_argument(
-        "--in-channels", type=int, help="input channels (default: the weights' or the dataset's)"
-    )
+    shape.add_argument("--input-size", type=int, help="input resolution (default: the run's dataset's, else 32)")
+    shape.add_argument("--in-channels", type=int, help="input channels (default: the weights' or the dataset's)")
     shape.add_argument("--num-classes", type=int, help="classes (default: the weights' or the dataset's)")
-    shape.add_argument(
-        "--dataset", help="for int8 calibration and the top-1 check (default: the run's, else digits)"
-    )
+    shape.add_argument("--dataset", help="for int8 calibration and the top-1 check (default: the run's, else digits)")
     shape.add_argument("--data-dir", help="folder of cifar10 or imagefolder data")
     out = parser.add_argument_group("output")
-    out.add_argument(
-        "--quantize", choices=("fp16", "int8"), help="TFLite: fp16 weights, or int8 (calibrated)"
-    )
+    out.add_argument("--quantize", choices=("fp16", "int8"), help="TFLite: fp16 weights, or int8 (calibrated)")
     out.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
                      help="input layout (default nchw, as PyTorch; nhwc for mobile apps)")  # fmt: skip
     out.add_argument("--dynamic-batch", action="store_true", help="ONNX: a dynamic batch dimension")

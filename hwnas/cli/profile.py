@@ -16,6 +16,8 @@ from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import space_op_configs
 from hwnas.latency.table import LatencyTable, TableEntry, TableMetadata
+from hwnas.ops.opconfig import OpConfig
+from hwnas.profilers.protocol import Measurement
 
 log = logging.getLogger(__name__)
 DEFAULT_INPUT_SIZE = {"mobile": 224, "darts": 32}
@@ -33,12 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=defaults.layers, help="DARTS space")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="DARTS space")
     parser.add_argument("--primitives", help="comma-separated candidate ops (default: the space's full set)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="runtime threads (default 1: steadier figures)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads (default 1: steadier figures)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10, help="warm-up runs per op")
     parser.add_argument("--runs", type=int, default=30, help="timed samples per op")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds over all ops, each in a fresh process; an entry is the median of its rounds "
+        "(default 3; 1 on android)",
+    )
     parser.add_argument(
         "--clock",
         default="auto",
@@ -55,11 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     android.add_argument("--op-profiling", action="store_true", help="benchmark_model --enable_op_profiling")
 
 
-def _profiler(args):
-    from hwnas.profilers import Protocol, get_profiler
+def _profiler_options(args, cache_dir: Path | None = None) -> dict:
+    """get_profiler keyword arguments (picklable, for rounds run in fresh processes)."""
+    from hwnas.profilers import PROFILERS, ExportingProfiler, Protocol
 
     protocol = Protocol(warmup_runs=args.warmup, runs=args.runs, clock=args.clock)
-    options = {"threads": args.threads, "batch": args.batch, "protocol": protocol}
+    options = {"device": args.device, "threads": args.threads, "batch": args.batch, "protocol": protocol}
     if args.device == "android":
         options.update(
             serial=args.serial,
@@ -68,7 +75,50 @@ def _profiler(args):
             cpu_mask=args.cpu_mask,
             op_profiling=args.op_profiling,
         )
-    return get_profiler(args.device, **options)
+    if cache_dir is not None and issubclass(PROFILERS.get(args.device), ExportingProfiler):
+        options["cache_dir"] = str(cache_dir)
+    return options
+
+
+def measure_round(options: dict, metadata: dict, keys: list[str], path: str, desc: str) -> None:
+    """Measure every op in `keys` that the table at `path` lacks, saving after each (one round, resumable)."""
+    from tqdm import tqdm
+
+    from hwnas.profilers import get_profiler
+
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    table = LatencyTable.load(path) if Path(path).exists() else LatencyTable(TableMetadata(**metadata), path=path)
+    todo = [OpConfig.from_key(key) for key in keys if key not in table]
+    with get_profiler(**options) as profiler:
+        for op in tqdm(todo, desc=desc, unit="op", file=sys.stderr):
+            m = profiler.measure_op(op)
+            table.add(op, TableEntry(m.median_ms, m.iqr_ms, m.runs))
+            table.save()
+
+
+def measure_rounds(args, rounds: int, metadata: TableMetadata, todo: list[OpConfig], table: LatencyTable) -> None:
+    """`rounds` rounds, each in a fresh process (per-process effects such as memory placement differ
+    between processes); each entry becomes the median of its rounds. Round files stay beside the table until
+    all rounds are merged, so an interrupted run resumes where it stopped."""
+    import multiprocessing
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor
+
+    rounds_dir = table.path.with_name(table.path.name + ".rounds")
+    options = _profiler_options(args, rounds_dir / "models")
+    keys = [op.key() for op in todo]
+    for r in range(rounds):
+        path = rounds_dir / f"round{r + 1}.json"
+        desc = f"profile {args.device} round {r + 1}/{rounds}"
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+            fresh.submit(measure_round, options, vars(metadata), keys, str(path), desc).result()
+    tables = [LatencyTable.load(rounds_dir / f"round{r + 1}.json") for r in range(rounds)]
+    for op in todo:
+        entries = [t.entries[op.key()] for t in tables]
+        table.add(op, combine_rounds([Measurement(e.median_ms, e.iqr_ms or 0.0, e.runs) for e in entries]))
+    table.save()
+    shutil.rmtree(rounds_dir)
 
 
 def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
@@ -89,11 +139,21 @@ def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
         )
 
 
-def run(args) -> int:
-    from tqdm import tqdm
+def combine_rounds(measurements) -> TableEntry:
+    """Median of the rounds' medians, median of their IQRs, all their runs."""
+    import numpy as np
 
+    return TableEntry(
+        float(np.median([m.median_ms for m in measurements])),
+        float(np.median([m.iqr_ms for m in measurements])),
+        sum(m.runs for m in measurements),
+    )
+
+
+def run(args) -> int:
     from hwnas.latency.predictor import MIN_ENTRIES, LatencyPredictor, predictor_path
     from hwnas.latency.targets import default_table_path
+    from hwnas.profilers import get_profiler
 
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -114,7 +174,11 @@ def run(args) -> int:
     configs = space_op_configs(space, input_size, cfg)
     name = args.name or args.device
     out = args.out or default_table_path(name, space, input_size)
-    with _profiler(args) as profiler:
+    rounds = args.rounds or (1 if args.device == "android" else 3)
+    if rounds < 1:
+        raise HwnasError(f"--rounds must be >= 1, got {rounds}")
+    options = _profiler_options(args)
+    with get_profiler(**options) as profiler:
         metadata = TableMetadata(
             target=name,
             device=profiler.device_name(),
@@ -126,7 +190,7 @@ def run(args) -> int:
             source="hwnas " + shlex.join(sys.argv[1:]),
             date=datetime.date.today().isoformat(),
             batch=args.batch,
-            details=profiler.metadata(),
+            details={**profiler.metadata(), "rounds": rounds},
         )
         if Path(out).exists():
             table = LatencyTable.load(out, space, input_size)
@@ -135,12 +199,18 @@ def run(args) -> int:
             table = LatencyTable(metadata, path=out)
         todo = table.missing(configs)
         log.info(
-            "%s: %d op configurations, %d to measure, on %s", out, len(configs), len(todo), metadata.device
+            "%s: %d op configurations, %d to measure in %d round(s), on %s",
+            out,
+            len(configs),
+            len(todo),
+            rounds,
+            metadata.device,
         )
-        for op in tqdm(todo, desc=f"profile {args.device}", unit="op", file=sys.stderr):
-            m = profiler.measure_op(op)
-            table.add(op, TableEntry(m.median_ms, m.iqr_ms, m.runs))
-            table.save(out)
+    if todo and rounds == 1:
+        measure_round(options, vars(metadata), [op.key() for op in todo], str(out), f"profile {args.device}")
+        table = LatencyTable.load(out)
+    elif todo:
+        measure_rounds(args, rounds, metadata, todo, table)
     if len(table) >= MIN_ENTRIES:
         LatencyPredictor.fit_table(table).save(predictor_path(table), table)
     print(f"{out}: {len(table)} entries ({len(todo)} measured now), space {space}, input size {input_size}")

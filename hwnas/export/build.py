@@ -44,9 +44,7 @@ class NetworkSpec:
     num_classes: int
     input_size: int
     weights: Weights | None
-    dataset_known: (
-        bool  # the data config names the network's dataset (run, weights record, --dataset, or used)
-    )
+    dataset_known: bool  # the data config names the network's dataset (run, weights record, --dataset, or used)
 
     @property
     def space(self) -> str:
@@ -140,9 +138,7 @@ def resolve_spec(
     else:
         chosen = load_genotype(genotype)
     if space is not None and chosen.space != space:
-        raise HwnasError(
-            f"the genotype of run {run} is for space {chosen.space!r}, not the searched {space!r}"
-        )
+        raise HwnasError(f"the genotype of run {run} is for space {chosen.space!r}, not the searched {space!r}")
     loaded = load_weights(weights) if weights is not None else run_weights
     record = loaded.record if loaded is not None else {}
     if "config" in record:

@@ -48,6 +48,7 @@ REQUIRED = {  # import name -> distribution, per format (and for quantisation)
 }
 CHECK_SAMPLES, CHECK_SEED = 8, 1  # fresh random inputs for the error check (the trace example uses seed 0)
 CALIBRATION_BATCH = 32
+QUANTIZED_AGREEMENT = 0.99  # below this top-1 agreement with float32, a quantised export is flagged
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,10 @@ class Checks:
             message = (f"dataset {spec.cfg.data.dataset!r} gives inputs {tuple(splits.test[0][0].shape)}, "
                        f"the network takes {shape}")  # fmt: skip
             if options.quantize == "int8":
-                raise HwnasError(f"int8 calibration needs training data shaped like the input: {message}")
+                raise HwnasError(
+                    f"int8 calibration needs training data shaped like the input: {message} "
+                    "(name a dataset with --dataset)"
+                )
             log.info("no top-1 agreement: %s", message)
         if not fits:
             return
@@ -138,9 +142,7 @@ class Checks:
 
 def _forward(module: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return torch.cat(
-            [module(torch.from_numpy(b)) for b in np.array_split(x, max(1, len(x) // 256))]
-        ).numpy()
+        return torch.cat([module(torch.from_numpy(b)) for b in np.array_split(x, max(1, len(x) // 256))]).numpy()
 
 
 def _inputs(dataset, limit: int | None, shuffle: bool, seed: int = 0) -> np.ndarray:
@@ -238,17 +240,16 @@ def _row(fmt, name, size, converter, model: ExportedModel, spec, options, checks
     error = max_abs_error(checks.random_ref, model(checks.to_layout(checks.random)))
     bound = FLOAT_TOLERANCE * output_scale(checks.random_ref)
     if not quantized and error > bound:
-        raise HwnasError(
-            f"the {fmt} model's outputs differ from PyTorch's by {error:.3g} (bound {bound:.3g})"
-        )
+        raise HwnasError(f"the {fmt} model's outputs differ from PyTorch's by {error:.3g} (bound {bound:.3g})")
     top1 = None
     if checks.test is not None:
         top1 = top1_agreement(checks.test_ref, model(checks.to_layout(checks.test)))
+        if quantized and top1 < QUANTIZED_AGREEMENT:
+            log.warning("%s agrees with PyTorch on the top-1 class of only %.1f%% of the test split", name,
+                        100 * top1)  # fmt: skip
     measured = model.measure(checks.to_layout(checks.random[:1]), options.protocol).median_ms
     predicted = None if quantized else predicted_latency_ms(fmt, spec, options.threads)
     shape = [d if isinstance(d, int) else "batch" for d in model.input_shape]
     log.info("%s: max |error| %.3g, top-1 agreement %s, %.3f ms measured, %s predicted", name, error, top1,
              measured, f"{predicted:.3f} ms" if predicted is not None else "none")  # fmt: skip
-    return ExportRow(
-        fmt, name, size, converter, shape, options.layout.upper(), error, top1, measured, predicted
-    )
+    return ExportRow(fmt, name, size, converter, shape, options.layout.upper(), error, top1, measured, predicted)

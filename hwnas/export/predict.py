@@ -38,9 +38,7 @@ def darts_network_op_configs(
         reduction = i in reduction_layers(layers)
         c = 2 * c if reduction else c
         edges, concat = (
-            (genotype.reduce, genotype.reduce_concat)
-            if reduction
-            else (genotype.normal, genotype.normal_concat)
+            (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
         )
         hw_out = (hw + 1) // 2 if reduction else hw
         for op, src in edges:

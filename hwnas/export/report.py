@@ -15,15 +15,11 @@ class ExportRow:
     format: str  # "onnx" or "tflite"
     file: str  # file name inside the output directory
     bytes: int
-    opset_or_converter: (
-        str  # "opset 20", "litert-torch 0.10.0", "litert-torch 0.10.0 + ai-edge-quantizer ... int8"
-    )
+    opset_or_converter: str  # "opset 20", "litert-torch 0.10.0", "litert-torch 0.10.0 + ai-edge-quantizer ... int8"
     input_shape: list[int | str]  # "batch" for a dynamic dimension
     input_layout: str  # "NCHW" or "NHWC"
     max_abs_error: float  # vs PyTorch float32 on fresh N(0, 1) inputs
-    top1_agreement: (
-        float | None
-    )  # share of test-split examples whose argmax matches PyTorch's; None without data
+    top1_agreement: float | None  # share of test-split examples whose argmax matches PyTorch's; None without data
     measured_latency_ms: float  # median on the host runtime under the profilers' protocol, batch 1
     predicted_latency_ms: float | None  # the runtime's lookup table; None when it has none for this network
 

@@ -1,0 +1,375 @@
+"""How well do the latency tables predict whole networks? Random mobile architectures, measured end to end.
+
+For each host runtime (ONNX Runtime, LiteRT/XNNPACK, PyTorch eager; 1 thread), ≥300 random architectures of
+the mobile space (each non-first block skipped with probability --skip-prob, else a random MBConv candidate)
+are exported once (cached), then timed as whole networks in --passes separate processes (each figure: the
+median over processes of per-process medians; whole-model medians drift 1-4% between processes). Each is
+compared with
+
+(a) the raw table sum Σ_layers F(layer) (ProxylessNAS, Cai et al. 2019, Eq. 4);
+(b) the table sum with a per-network correction a·sum + b, fitted on a disjoint set of ≥50 calibration
+    architectures (whole networks run slower than the sum of their ops, e.g. memory traffic between layers);
+(c) the predictor (hwnas.latency.predictor) trained on the table with that architecture's op configurations
+    held out, summed, with the same correction;
+
+reporting RMSE, MAPE and the share within ±10% and ±5% (the nn-Meter accuracy metric: Zhang et al., MobiSys
+2021). The predictor is also scored on the real phone tables: leave-one-block-shape-out on the Pixel 1 table,
+and Note10 at 224 predicted from 160-208.
+
+    python benchmarks/latency_accuracy.py                      # everything; resumable (cache in --cache)
+    python benchmarks/latency_accuracy.py --runtimes onnxruntime --archs 300 --passes 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from hwnas.latency.catalogue import mobile_blocks, mobile_network_op_configs
+from hwnas.latency.features import op_cost
+from hwnas.latency.predictor import LatencyPredictor
+from hwnas.latency.table import LatencyTable
+from hwnas.ops.mbconv import MOBILE_PRIMITIVES
+from hwnas.run import write_json_atomic
+
+log = logging.getLogger("latency_accuracy")
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIMES = ("onnxruntime", "tflite", "cpu")
+INPUT_SIZE = 224
+SHAPE = (1, 3, INPUT_SIZE, INPUT_SIZE)
+WHOLE_MODEL_PROTOCOL = {"warmup_runs": 3, "runs": 10, "min_sample_ms": 0.0}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# architectures
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sample_archs(n: int, skip_prob: float, seed: int) -> list[list[str]]:
+    """`n` distinct random architectures: random MBConvs, non-first blocks skipped w.p. `skip_prob`."""
+    rng, candidates = random.Random(seed), [p for p in MOBILE_PRIMITIVES if p != "zero"]
+    blocks, archs, seen = mobile_blocks(INPUT_SIZE), [], set()
+    while len(archs) < n:
+        arch = ["zero" if not b.first and rng.random() < skip_prob else rng.choice(candidates) for b in blocks]
+        if tuple(arch) not in seen:
+            seen.add(tuple(arch))
+            archs.append(arch)
+    return archs
+
+
+def arch_id(arch: list[str]) -> str:
+    return hashlib.sha1(",".join(arch).encode()).hexdigest()[:16]
+
+
+def build_network(arch: list[str]):
+    """The whole network as the sequence of the very modules the profilers time one by one."""
+    from torch import nn
+
+    from hwnas.profilers.build import build_op
+
+    return nn.Sequential(*(build_op(op) for op in mobile_network_op_configs(arch, INPUT_SIZE))).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# export (cached) and measurement (one process per pass)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def model_path(cache: Path, runtime: str, arch: list[str]) -> Path:
+    from hwnas.profilers import PROFILERS
+
+    return Path(cache) / runtime / (arch_id(arch) + PROFILERS.get(runtime).suffix)
+
+
+def _export_chunk(runtime: str, archs: list[list[str]], cache: str) -> int:
+    from hwnas.profilers import get_profiler
+
+    profiler = get_profiler(runtime)
+    done = 0
+    for arch in archs:
+        path = model_path(Path(cache), runtime, arch)
+        if path.exists():
+            continue
+        model = profiler.export(build_network(arch), SHAPE)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(model)
+        os.replace(tmp, path)
+        done += 1
+    return done
+
+
+def export_all(runtime: str, archs: list[list[str]], cache: Path, jobs: int) -> None:
+    if runtime == "cpu":
+        return
+    (cache / runtime).mkdir(parents=True, exist_ok=True)
+    todo = [a for a in archs if not model_path(cache, runtime, a).exists()]
+    if not todo:
+        return
+    log.info("%s: exporting %d whole networks with %d jobs", runtime, len(todo), jobs)
+    start = time.time()
+    chunks = [todo[i :: jobs * 4] for i in range(jobs * 4)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        exported = sum(pool.map(_export_chunk, [runtime] * len(chunks), chunks, [str(cache)] * len(chunks)))
+    log.info("%s: exported %d networks in %.0f s", runtime, exported, time.time() - start)
+
+
+def measure_pass(runtime: str, archs: list[list[str]], cache: Path, pass_index: int) -> dict[str, float]:
+    """Median whole-network latency (ms) of every architecture, in this process, in a pass-specific order."""
+    from hwnas.profilers import Protocol, get_profiler
+    from hwnas.profilers.protocol import measure
+
+    protocol = Protocol(**WHOLE_MODEL_PROTOCOL)
+    profiler = get_profiler(runtime, threads=1, protocol=protocol)
+    order = list(archs)
+    random.Random(1000 + pass_index).shuffle(order)
+    results = {}
+    for arch in order:
+        key = arch_id(arch)
+        if runtime == "cpu":
+            run_batch = profiler.prepare(build_network(arch), SHAPE)
+        else:
+            run_batch = profiler.load(model_path(cache, runtime, arch).read_bytes(), SHAPE)
+        results[key] = measure(run_batch, protocol).median_ms
+    return results
+
+
+def run_passes(runtime: str, archs_file: Path, archs: list[list[str]], cache: Path, passes: int) -> list[dict]:
+    out = []
+    for i in range(passes):
+        path = cache / "measure" / f"{runtime}_pass{i}.json"
+        if not path.exists() or set(json.loads(path.read_text())) != {arch_id(a) for a in archs}:
+            log.info("%s: measuring pass %d/%d in a fresh process", runtime, i + 1, passes)
+            start = time.time()
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--measure-pass",
+                    runtime,
+                    str(i),
+                    "--archs-file",
+                    str(archs_file),
+                    "--cache",
+                    str(cache),
+                ],
+                check=True,
+            )
+            log.info("%s: pass %d took %.0f s", runtime, i + 1, time.time() - start)
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# analysis
+# ----------------------------------------------------------------------------------------------------------
+
+
+def scores(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    rel = np.abs(predicted - measured) / measured
+    return {
+        "within_10pct": float(np.mean(rel <= 0.10)),
+        "within_5pct": float(np.mean(rel <= 0.05)),
+        "mape": float(np.mean(rel)),
+        "rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
+    }
+
+
+def fit_correction(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """measured ≈ a · sum + b, least squares on relative error."""
+    w = 1.0 / measured
+    design = np.c_[sums, np.ones_like(sums)] * w[:, None]
+    (a, b), *_ = np.linalg.lstsq(design, measured * w, rcond=None)
+    return float(a), float(b)
+
+
+def held_out_predictor_sum(table: LatencyTable, layers) -> float:
+    """Σ over the network's layers of a predictor fitted on the table without any of those layers' configs."""
+    held = {op.key() for op in layers}
+    train = [op for op in table.ops() if op.key() not in held]
+    predictor = LatencyPredictor.fit(train, [table.lookup(op) for op in train])
+    return float(predictor.predict(list(layers)).sum())
+
+
+def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: list[dict], n_cal: int) -> dict:
+    ids = [arch_id(a) for a in archs]
+    per_pass = np.array([[p[i] for i in ids] for p in passes])  # (passes, archs)
+    measured = np.median(per_pass, axis=0)
+    layers = [mobile_network_op_configs(a, INPUT_SIZE) for a in archs]
+    sums = np.array([table.sum_ms(ls) for ls in layers])
+    cal, test = slice(0, n_cal), slice(n_cal, len(archs))
+    a, b = fit_correction(sums[cal], measured[cal])
+    start = time.time()
+    predicted = np.array([held_out_predictor_sum(table, ls) for ls in layers[test]])
+    log.info("%s: %d held-out predictor fits in %.0f s", runtime, len(predicted), time.time() - start)
+    raw, corrected, pred = (scores(x, measured[test]) for x in (sums[test], a * sums[test] + b, a * predicted + b))
+    spread = (per_pass.max(axis=0) - per_pass.min(axis=0)) / measured
+    return {
+        "n": int(len(measured[test])),
+        "n_calibration": n_cal,
+        "within_10pct_raw_sum": raw["within_10pct"],
+        "within_5pct_raw_sum": raw["within_5pct"],
+        "mape_raw_sum": raw["mape"],
+        "rmse_raw_sum_ms": raw["rmse_ms"],
+        "within_10pct_table": corrected["within_10pct"],
+        "within_5pct_table": corrected["within_5pct"],
+        "mape_table": corrected["mape"],
+        "rmse_table_ms": corrected["rmse_ms"],
+        "within_10pct_predictor": pred["within_10pct"],
+        "within_5pct_predictor": pred["within_5pct"],
+        "mape_predictor": pred["mape"],
+        "rmse_predictor_ms": pred["rmse_ms"],
+        "correction": {"a": a, "b_ms": b},
+        "whole_over_sum_median": float(np.median(measured / sums)),
+        "measured_ms": {
+            "min": float(measured.min()),
+            "median": float(np.median(measured)),
+            "max": float(measured.max()),
+        },
+        "passes": len(passes),
+        "pass_medians_ms": [float(x) for x in np.median(per_pass, axis=1)],  # drifts with the machine's load
+        "pass_spread_median": float(np.median(spread)),
+        "table": {
+            "path": str(table.path.relative_to(ROOT)) if table.path else None,
+            "date": table.metadata.date,
+            "runtime_version": table.metadata.runtime_version,
+        },
+    }
+
+
+def phone_table_scores(tables_dir: Path) -> dict:
+    """The predictor on held-out entries of the published phone tables, beside a FLOPs-proportional fit."""
+
+    def flops_fit(train, y, test):
+        ratio = np.array([op_cost(op).macs for op in train]) / np.asarray(y)
+        return ratio.sum() / (ratio**2).sum() * np.array([op_cost(op).macs for op in test])
+
+    def summary(pred, base, actual):
+        rel = np.abs(pred - actual) / actual
+        return {
+            "n": int(len(actual)),
+            "mape": float(rel.mean()),
+            "within_10pct": float(np.mean(rel <= 0.1)),
+            "mape_flops_baseline": float(np.mean(np.abs(base - actual) / actual)),
+        }
+
+    pixel1 = LatencyTable.load(tables_dir / "mobile_mobile_224.json")
+    ops = pixel1.ops()
+    pred, base, actual = [], [], []
+    for shape in sorted({(op.input_shape, op.output_shape) for op in ops if op.kind == "expanded_conv"}):
+        train = [op for op in ops if (op.input_shape, op.output_shape) != shape]
+        test = [op for op in ops if (op.input_shape, op.output_shape) == shape]
+        y = [pixel1.lookup(op) for op in train]
+        pred += list(LatencyPredictor.fit(train, y).predict(test))
+        base += list(flops_fit(train, y, test))
+        actual += [pixel1.lookup(op) for op in test]
+    result = {"pixel1_leave_one_block_shape_out": summary(np.array(pred), np.array(base), np.array(actual))}
+    note10 = {s: LatencyTable.load(tables_dir / f"note10_ofa_{s}.json") for s in (160, 176, 192, 208, 224)}
+    train = [op for s in (160, 176, 192, 208) for op in note10[s].ops()]
+    y = [note10[s].lookup(op) for s in (160, 176, 192, 208) for op in note10[s].ops()]
+    test = note10[224].ops()
+    actual = np.array([note10[224].lookup(op) for op in test])
+    result["note10_224_from_160_208"] = summary(
+        LatencyPredictor.fit(train, y).predict(test), flops_fit(train, y, test), actual
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES))
+    parser.add_argument("--archs", type=int, default=300, help="evaluated architectures")
+    parser.add_argument("--calibration", type=int, default=50, help="disjoint architectures fitting a·sum+b")
+    parser.add_argument("--skip-prob", type=float, default=0.3)
+    parser.add_argument("--passes", type=int, default=5, help="measurement processes per runtime")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel exports")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tables", type=Path, default=ROOT / "latency_tables")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "hwnas_latency_accuracy")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency_accuracy.json")
+    parser.add_argument("--export-only", action="store_true", help="only export (and cache) the networks")
+    parser.add_argument(
+        "--exported-only", action="store_true", help="measure only the networks exported so far (no export)"
+    )
+    parser.add_argument("--measure-pass", nargs=2, metavar=("RUNTIME", "INDEX"), help=argparse.SUPPRESS)
+    parser.add_argument("--archs-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("torch", "onnx_ir", "onnxscript", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    if args.measure_pass:
+        runtime, index = args.measure_pass[0], int(args.measure_pass[1])
+        archs = json.loads(args.archs_file.read_text())
+        write_json_atomic(
+            args.cache / "measure" / f"{runtime}_pass{index}.json",
+            measure_pass(runtime, archs, args.cache, index),
+        )
+        return 0
+
+    started = time.time()
+    archs = sample_archs(args.calibration + args.archs, args.skip_prob, args.seed)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    runtimes = args.runtimes.split(",")
+    for runtime in runtimes:
+        if not args.exported_only:
+            export_all(runtime, archs, args.cache, args.jobs)
+    if args.export_only:
+        return 0
+    results = {}
+    for runtime in runtimes:
+        table = LatencyTable.load(args.tables / f"{runtime}_mobile_{INPUT_SIZE}.json", "mobile", INPUT_SIZE)
+        chosen = archs
+        if args.exported_only and runtime != "cpu":
+            chosen = [a for a in archs if model_path(args.cache, runtime, a).exists()]
+            log.info("%s: %d of %d architectures exported so far", runtime, len(chosen), len(archs))
+        n_cal = sum(1 for a in archs[: args.calibration] if a in chosen)
+        chosen_file = args.cache / f"archs_{runtime}_{len(chosen)}.json"
+        write_json_atomic(chosen_file, chosen)
+        passes = run_passes(runtime, chosen_file, chosen, args.cache, args.passes)
+        results[runtime] = analyse(runtime, table, chosen, passes, n_cal)
+        log.info("%s: %s", runtime, json.dumps({k: v for k, v in results[runtime].items() if "pct" in k}))
+    results["phone_tables"] = phone_table_scores(args.tables)
+    results["settings"] = {
+        "archs": args.archs,
+        "calibration": args.calibration,
+        "skip_prob": args.skip_prob,
+        "seed": args.seed,
+        "passes": args.passes,
+        "threads": 1,
+        "input_size": INPUT_SIZE,
+        "whole_model_protocol": WHOLE_MODEL_PROTOCOL,
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
+        "wall_s_last_run": round(time.time() - started),
+    }
+    merged = json.loads(args.out.read_text()) if args.out.exists() else {}  # other runtimes' earlier results
+    write_json_atomic(args.out, {**merged, **results})
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def _machine() -> dict:
+    from hwnas.profilers.protocol import machine_metadata
+
+    return machine_metadata(1, {})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

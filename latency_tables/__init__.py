@@ -1,0 +1,1 @@
+"""Latency tables shipped with hwnas (JSON, format in README.md); found by `hwnas.latency.targets`."""

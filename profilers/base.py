@@ -1,0 +1,136 @@
+"""The profiler interface: time one OpConfig (built into a model of its own) or a whole nn.Module."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from hwnas.errors import HwnasError
+from hwnas.ops.opconfig import OpConfig
+from hwnas.profilers.build import build_op, input_shape
+from hwnas.profilers.protocol import Measurement, Protocol, cpu_model, machine_metadata, measure, timed
+
+RunBatch = Callable[[int], float]  # run the model n times, return the elapsed milliseconds
+
+
+class Profiler:
+    """Subclasses set `device` (the registry name) and `runtime`, and implement `prepare` and `versions`."""
+
+    device: ClassVar[str]
+    runtime: ClassVar[str]
+
+    def __init__(self, threads: int = 1, batch: int = 1, protocol: Protocol | None = None):
+        if threads < 1:
+            raise HwnasError(f"threads must be >= 1, got {threads}")
+        if batch < 1:
+            raise HwnasError(f"batch must be >= 1, got {batch}")
+        self.threads, self.batch = threads, batch
+        self.protocol = protocol or Protocol()
+
+    def versions(self) -> dict[str, str]:
+        """Runtime name -> version, for the table metadata."""
+        raise NotImplementedError
+
+    @property
+    def runtime_version(self) -> str:
+        return self.versions()[self.runtime]
+
+    def prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunBatch:
+        """Make `module` (eval mode) runnable on an input of NCHW `shape`; return its `run_batch`."""
+        raise NotImplementedError
+
+    def clock_name(self) -> str:
+        return self.protocol.resolve_clock(self.threads)
+
+    def measure_module(self, module: nn.Module, shape: tuple[int, ...]) -> Measurement:
+        return measure(self.prepare(module.eval(), shape), self.protocol)
+
+    def measure_op(self, op: OpConfig) -> Measurement:
+        return self.measure_module(build_op(op), input_shape(op, self.batch))
+
+    def host_timer(self, fn: Callable[[], object]) -> RunBatch:
+        """`run_batch` for a runtime computing on the calling thread, with the protocol's clock."""
+        return timed(fn, self.protocol.resolve_clock(self.threads))
+
+    def gpu_name(self) -> str | None:
+        return None
+
+    def device_name(self) -> str:
+        """The hardware, in words, for the table metadata."""
+        return f"{cpu_model()}, {os.cpu_count()} cores"
+
+    def metadata(self) -> dict:
+        """What the table records about how it was measured."""
+        return {
+            "machine": machine_metadata(self.threads, self.versions(), self.gpu_name()),
+            "protocol": {**self.protocol.to_json(), "clock": self.clock_name()},
+        }
+
+    def close(self) -> None:
+        """Release what the profiler holds (the Android profiler removes its files from the phone)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ExportingProfiler(Profiler):
+    """A profiler whose runtime loads a serialised model (ONNX, .tflite): export once, then load and time.
+
+    Each op is exported once per profiler, and once overall when `cache_dir` is given (repeated rounds in
+    fresh processes reuse the files there).
+    """
+
+    suffix: ClassVar[str]  # file suffix of the serialised model
+
+    def __init__(self, threads: int = 1, batch: int = 1, protocol: Protocol | None = None,
+                 cache_dir: str | Path | None = None):  # fmt: skip
+        super().__init__(threads, batch, protocol)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._exported: dict[str, bytes] = {}  # op key -> serialised model
+
+    def export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+        raise NotImplementedError
+
+    def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
+        raise NotImplementedError
+
+    def prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunBatch:
+        return self.load(self.export(module, shape), shape)
+
+    def exported_op(self, op: OpConfig) -> bytes:
+        """The serialised model of `op`, exported at most once (per profiler, or per `cache_dir`)."""
+        key = op.key()
+        if key in self._exported:
+            return self._exported[key]
+        path = self.cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:20] + self.suffix) if self.cache_dir else None
+        if path is not None and path.is_file():
+            model = path.read_bytes()
+        else:
+            model = self.export(build_op(op), input_shape(op, self.batch))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(model)
+                os.replace(tmp, path)
+        self._exported[key] = model
+        return model
+
+    def measure_op(self, op: OpConfig) -> Measurement:
+        return measure(self.load(self.exported_op(op), input_shape(op, self.batch)), self.protocol)
+
+
+def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def missing_extra(package: str, err: ImportError) -> HwnasError:
+    return HwnasError(f'{package} is not installed ({err}); install the export extra: pip install "hwnas[export]"')

@@ -1,0 +1,66 @@
+"""ONNX Runtime, CPU execution provider, fixed intra-op threads: each module exported to its own ONNX model.
+
+Export uses `torch.onnx.export(..., dynamo=True)` (the torch.export-based exporter, PyTorch's default since
+2.9);
+ONNX Runtime applies its full graph optimisation (BatchNorm folding, activation fusion) at session creation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import numpy as np
+from torch import nn
+
+from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, missing_extra
+
+log = logging.getLogger(__name__)
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise missing_extra("onnxruntime", err) from None
+    return onnxruntime
+
+
+def export_onnx(module: nn.Module, shape: tuple[int, ...]) -> bytes:
+    """The ONNX model (serialised) of `module` in eval mode on an input of NCHW `shape`."""
+    import torch
+
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError as err:
+        raise missing_extra("onnxscript", err) from None
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports progress on stdout
+        program = torch.onnx.export(module.eval(), (example_input(shape),), dynamo=True, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+class OnnxRuntimeProfiler(ExportingProfiler):
+    device = "onnxruntime"
+    runtime = "onnxruntime"
+    suffix = ".onnx"
+
+    def versions(self) -> dict[str, str]:
+        import torch
+
+        return {"onnxruntime": _ort().__version__, "torch.onnx": torch.__version__}
+
+    def export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+        _ort()
+        return export_onnx(module, shape)
+
+    def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: example_input(shape).numpy().astype(np.float32)}
+        return self.host_timer(lambda: session.run(None, feed))

@@ -1,0 +1,126 @@
+"""The one measurement protocol every profiler follows, and the machine metadata stored with its results.
+
+Warm-up runs, then `runs` timed samples; each sample times enough back-to-back calls to last `min_sample_ms`
+(timeit's autorange idea, so sub-millisecond ops are not dominated by timer resolution). Samples outside
+Tukey's fences (1.5 IQR beyond the quartiles) are rejected; the result is the median and IQR of the rest.
+
+Clock: single-threaded host runtimes (PyTorch, ONNX Runtime and LiteRT at 1 thread all compute on the calling
+thread) are timed by default with the calling thread's CPU time (`time.thread_time`), which does not count
+time the thread waits while other processes hold the core. On a shared 2-core machine under load, wall-clock
+medians of a whole network came out 3-4x the uncontended figure while its thread CPU time stayed within a few
+percent. With several threads, or with ``clock="wall"``, the wall clock (`time.perf_counter`) is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hwnas.errors import HwnasError
+
+log = logging.getLogger(__name__)
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    warmup_runs: int = 10
+    runs: int = 30
+    min_sample_ms: float = 2.0
+    outlier_iqr: float = 1.5  # Tukey's fence factor; 0 disables rejection
+    clock: str = (
+        "auto"  # "wall", "thread" (CPU time of the calling thread), "auto": thread when single-threaded
+    )
+
+    def __post_init__(self):
+        if self.warmup_runs < 0 or self.runs < 3:
+            raise HwnasError(f"a measurement needs warm-up >= 0 and at least 3 runs, got {self.runs}")
+        if self.clock not in CLOCKS and self.clock != "auto":
+            raise HwnasError(f"unknown clock {self.clock!r}; known: auto, {', '.join(CLOCKS)}")
+
+    def resolve_clock(self, threads: int) -> str:
+        """The clock a host measurement with `threads` threads uses."""
+        if self.clock == "auto":
+            return "thread" if threads == 1 else "wall"
+        if self.clock == "thread" and threads > 1:
+            raise HwnasError("the thread CPU-time clock only measures single-threaded runs; use --clock wall")
+        return self.clock
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    median_ms: float
+    iqr_ms: float
+    runs: int  # samples kept after outlier rejection
+
+
+def summarize(samples_ms: list[float] | np.ndarray, outlier_iqr: float = 1.5) -> Measurement:
+    """Median and IQR of the samples inside Tukey's fences."""
+    samples = np.asarray(samples_ms, dtype=float)
+    if samples.size == 0 or not np.all(np.isfinite(samples)):
+        raise ValueError(f"cannot summarise samples {samples_ms!r}")
+    q1, q3 = np.percentile(samples, [25, 75])
+    if outlier_iqr > 0:
+        fence = outlier_iqr * (q3 - q1)
+        samples = samples[(samples >= q1 - fence) & (samples <= q3 + fence)]
+        q1, q3 = np.percentile(samples, [25, 75])
+    return Measurement(float(np.median(samples)), float(q3 - q1), int(samples.size))
+
+
+def measure(run_batch: Callable[[int], float], protocol: Protocol) -> Measurement:
+    """Time `run_batch(n)` (runs the op n times, returns the elapsed milliseconds) under `protocol`."""
+    warm_ms = run_batch(max(1, protocol.warmup_runs)) / max(1, protocol.warmup_runs)
+    number = max(1, math.ceil(protocol.min_sample_ms / max(warm_ms, 1e-6)))
+    samples = [run_batch(number) / number for _ in range(protocol.runs)]
+    return summarize(samples, protocol.outlier_iqr)
+
+
+def timed(fn: Callable[[], object], clock: str) -> Callable[[int], float]:
+    """A `run_batch` for host runtimes: n calls of `fn`, timed with `clock` ("wall" or "thread")."""
+    now = CLOCKS[clock]
+
+    def run_batch(n: int) -> float:
+        start = now()
+        for _ in range(n):
+            fn()
+        return (now() - start) * 1e3
+
+    return run_batch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_metadata(threads: int, versions: dict[str, str], gpu: str | None = None) -> dict:
+    """CPU model, core count, threads used, OS, Python and runtime versions, and GPU name if any."""
+    import torch
+
+    meta = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__, **versions},
+    }
+    if gpu is not None:
+        meta["gpu"] = gpu
+    return meta

@@ -1,0 +1,74 @@
+"""LiteRT (TensorFlow Lite) with the XNNPACK delegate and fixed threads: each module converted on its own.
+
+Conversion: litert-torch (the maintained PyTorch-to-LiteRT converter, formerly ai-edge-torch) with
+channels-last input and output, so a single op is timed without the layout transposes a whole NHWC network
+does not have. Runtime: the ai-edge-litert interpreter, the maintained successor of tflite-runtime (whose only
+CPython 3.11 build needs numpy < 2); its default op resolver applies XNNPACK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from torch import nn
+
+from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, missing_extra
+
+
+def _litert_torch():
+    try:
+        import litert_torch
+    except ImportError as err:
+        raise missing_extra("litert-torch", err) from None
+    litert_torch.config.show_progress = False
+    return litert_torch
+
+
+def _interpreter_module():
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError as err:
+        raise missing_extra("ai-edge-litert", err) from None
+    return interpreter
+
+
+def convert_tflite(module: nn.Module, shape: tuple[int, ...]) -> bytes:
+    """The .tflite flatbuffer of `module` (eval mode), taking and (for 4-D outputs) returning NHWC tensors."""
+    import torch
+
+    litert_torch = _litert_torch()
+    module = module.eval()
+    with torch.no_grad():
+        out_ndim = module(example_input(shape)).dim()
+    wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if out_ndim == 4 else [])
+    b, c, h, w = shape
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = litert_torch.convert(wrapped.eval(), (example_input((b, h, w, c)),))
+    return bytes(model.model_content())
+
+
+class TfliteProfiler(ExportingProfiler):
+    device = "tflite"
+    runtime = "ai-edge-litert"
+    suffix = ".tflite"
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        _interpreter_module()
+        return {"ai-edge-litert": version("ai-edge-litert"), "litert-torch": version("litert-torch")}
+
+    def export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
+        _interpreter_module()
+        return convert_tflite(module, shape)
+
+    def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
+        interpreter = _interpreter_module().Interpreter(model_content=model, num_threads=self.threads)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        b, c, h, w = shape
+        x = example_input((b, c, h, w)).permute(0, 2, 3, 1).numpy().astype(np.float32)
+        interpreter.set_tensor(detail["index"], np.ascontiguousarray(x).reshape(detail["shape"]))
+        return self.host_timer(interpreter.invoke)

@@ -1,0 +1,96 @@
+"""Exports of a DARTS-cell and a mobile-space network to ONNX and TFLite, checked numerically here as well."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.export import ExportOptions, build_network, export_network, resolve_spec
+from hwnas.export.onnx import OnnxModel
+from hwnas.export.report import FLOAT_TOLERANCE, REPORT_NAME
+from hwnas.export.tflite import TfliteModel
+from hwnas.latency.catalogue import mobile_blocks
+from hwnas.profilers.protocol import Protocol
+from hwnas.spaces.mobile import MobileGenotype
+from tests.export.conftest import SIZE
+
+FAST = Protocol(warmup_runs=1, runs=3, min_sample_ms=0.0)
+
+
+def _pytorch(spec, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return build_network(spec)(torch.from_numpy(x)).numpy()
+
+
+def _report(out):
+    return json.loads((out / REPORT_NAME).read_text())
+
+
+def test_darts_run_to_onnx_and_tflite(train_run, tmp_path):
+    spec = resolve_spec(run=str(train_run))
+    assert spec.weights is not None and spec.input_size == SIZE and spec.in_channels == 3
+    out = tmp_path / "out"
+    rows = export_network(spec, ExportOptions(("onnx", "tflite"), out, protocol=FAST))
+    assert _report(out) == [row.to_json() for row in rows]
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx", "model.tflite"]
+    onnx_row, tflite_row = rows
+    assert onnx_row.opset_or_converter.startswith("opset ")
+    assert tflite_row.opset_or_converter.startswith("litert-torch ")
+    for row in rows:
+        assert row.input_shape == [1, 3, SIZE, SIZE] and row.input_layout == "NCHW"
+        assert row.bytes == (out / row.file).stat().st_size
+        assert row.max_abs_error <= FLOAT_TOLERANCE and row.top1_agreement == 1.0
+        assert row.measured_latency_ms > 0 and row.predicted_latency_ms is None  # no darts table at 16x16
+    # independently of the pipeline's own check: fresh inputs through both runtimes
+    x = np.random.default_rng(7).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    reference = _pytorch(spec, x)
+    scale = max(1.0, np.abs(reference).max())
+    for model in (OnnxModel(out / "model.onnx"), TfliteModel((out / "model.tflite").read_bytes())):
+        assert np.abs(model(x) - reference).max() <= FLOAT_TOLERANCE * scale
+
+
+def test_mobile_nhwc_dynamic_batch(tmp_path):
+    # the shortest network of the space: every stage's first block only, a genotype file with width 1 that
+    # --width-mult narrows
+    blocks = [b.index == 0 and "mbconv_k3_e3" or "zero" for b in mobile_blocks()]
+    MobileGenotype(tuple(blocks)).save(tmp_path / "genotype.json")
+    spec = resolve_spec(genotype=str(tmp_path / "genotype.json"), shape={"width_mult": 0.25}, input_size=32,
+                        in_channels=3, num_classes=5)  # fmt: skip
+    assert spec.space == "mobile" and spec.genotype.width_mult == 0.25 and not spec.dataset_known
+    out = tmp_path / "mobile"
+    options = ExportOptions(("onnx", "tflite"), out, layout="nhwc", dynamic_batch=True, protocol=FAST)
+    torch.manual_seed(0)  # random weights: the same ones when `_pytorch` builds the network again
+    onnx_row, tflite_row = export_network(spec, options)
+    assert onnx_row.input_shape == ["batch", 32, 32, 3] and tflite_row.input_shape == [1, 32, 32, 3]
+    for row in (onnx_row, tflite_row):
+        assert row.input_layout == "NHWC" and row.max_abs_error <= FLOAT_TOLERANCE
+        assert row.top1_agreement is None  # the spec names no dataset (all shapes were given)
+    x = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    torch.manual_seed(0)
+    reference = _pytorch(spec, x)
+    onnx = OnnxModel(out / "model.onnx")
+    assert onnx.batch is None  # all three at once
+    assert np.abs(onnx(nhwc) - reference).max() <= FLOAT_TOLERANCE * max(1.0, np.abs(reference).max())
+    tflite = TfliteModel((out / "model.tflite").read_bytes())
+    assert np.abs(tflite(nhwc) - reference).max() <= FLOAT_TOLERANCE * max(1.0, np.abs(reference).max())
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8"])
+def test_quantized_tflite_loads_and_runs(train_run, tmp_path, mode):
+    spec = resolve_spec(run=str(train_run))
+    out = tmp_path / mode
+    (row,) = export_network(spec, ExportOptions(("tflite",), out, quantize=mode, calibration_batches=1,
+                                                protocol=FAST))  # fmt: skip
+    assert row.file == f"model_{mode}.tflite" and mode in row.opset_or_converter
+    assert row.predicted_latency_ms is None  # the tables time float32 ops
+    assert 0.0 <= row.top1_agreement <= 1.0
+    model = TfliteModel((out / row.file).read_bytes())
+    assert model.input_dtype == ("int8" if mode == "int8" else "float32")
+    x = np.random.default_rng(5).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
+    reference = _pytorch(spec, x)
+    outputs = model(x)
+    assert outputs.shape == reference.shape and np.all(np.isfinite(outputs))
+    if mode == "fp16":  # float16 weights, float32 arithmetic; int8 is judged by its top-1 agreement
+        assert np.abs(outputs - reference).max() <= 1e-2 * np.abs(reference).max()

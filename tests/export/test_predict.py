@@ -1,0 +1,44 @@
+"""The table prediction of a whole exported network: its layers keyed as the tables are, and summed."""
+
+import pytest
+
+from hwnas.config import SearchConfig
+from hwnas.export import resolve_spec
+from hwnas.export.predict import darts_network_op_configs, network_op_configs, predicted_latency_ms
+from hwnas.latency.catalogue import mobile_op_configs
+from hwnas.spaces import get_space, load_genotype
+from tests.latency.helpers import make_table
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    """User tables for both host runtimes (they shadow the shipped ones): mobile at 224."""
+    monkeypatch.setenv("HWNAS_TABLES", str(tmp_path))
+    made = {}
+    for target in ("onnxruntime", "tflite"):
+        table = make_table(mobile_op_configs(224), target=target)
+        table.save(tmp_path / f"{target}_mobile_224.json")
+        made[target] = table
+    return made
+
+
+def test_mobile_prediction_sums_the_table(tables):
+    spec = resolve_spec(genotype="PROXYLESS_MOBILE", input_size=224, in_channels=3, num_classes=1000)
+    layers = network_op_configs(spec)
+    assert len(layers) == 4 + sum(block != "zero" for block in spec.genotype.blocks)
+    for fmt, target in (("onnx", "onnxruntime"), ("tflite", "tflite")):
+        assert tables[target].missing(layers) == []
+        expected = sum(tables[target].lookup(op) for op in layers)
+        assert predicted_latency_ms(fmt, spec, threads=1) == pytest.approx(expected)
+        assert predicted_latency_ms(fmt, spec, threads=2) is None  # the table times 1 thread
+    small = resolve_spec(genotype="PROXYLESS_MOBILE", input_size=160, in_channels=3, num_classes=1000)
+    assert predicted_latency_ms("onnx", small, threads=1) is None  # no table at 160
+
+
+def test_darts_layers_are_the_space_catalogue_s():
+    cfg = SearchConfig(init_channels=8, layers=5)
+    space = get_space("darts")
+    candidates = {op for edge in space.edge_op_configs(cfg, 32) for op in edge}
+    layers = darts_network_op_configs(load_genotype("DARTS_V2"), 8, 5, 32, in_channels=3, num_classes=10)
+    assert [layers[0], layers[-1]] == space.fixed_op_configs(cfg, 32)  # stem and classifier
+    assert len(layers) == 2 + 5 * 8 and set(layers[1:-1]) <= candidates  # 8 chosen ops per cell

@@ -1,0 +1,27 @@
+"""Helpers shared by the latency tests."""
+
+from pathlib import Path
+
+from hwnas.latency.features import op_cost
+from hwnas.latency.table import LatencyTable, TableEntry, TableMetadata
+from hwnas.ops.opconfig import OpConfig
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "latency_tables"
+
+
+def make_table(configs: list[OpConfig], target="cpu", space="mobile", input_size=224) -> LatencyTable:
+    """A table whose latencies are a simple function of the ops' MACs."""
+    metadata = TableMetadata(
+        target=target,
+        device="test CPU",
+        runtime="pytorch",
+        runtime_version="2.0",
+        threads=1,
+        space=space,
+        input_size=input_size,
+        source="tests",
+        date="2025-01-01",
+    )
+    entries = {op.key(): TableEntry(op_cost(op).macs / 1e6 + 0.001, 0.01, 10) for op in configs}
+    return LatencyTable(metadata, entries)

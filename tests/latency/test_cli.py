@@ -1,0 +1,90 @@
+"""`hwnas profile`, `hwnas targets` and `hwnas predict` through the command line."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from hwnas.cli import main
+from hwnas.cli.profile import combine_rounds
+from hwnas.config import SearchConfig
+from hwnas.latency.catalogue import space_op_configs
+from hwnas.latency.table import LatencyTable, TableEntry
+from hwnas.profilers import Measurement
+from tests.latency.helpers import make_table
+
+TINY = "--space darts --input-size 8 --init-channels 4 --layers 3 --runs 3 --warmup 1".split()
+
+
+def test_profile_resumes_and_feeds_targets_and_predict(cli, user_tables, capsys):
+    done = cli("profile", "--device", "cpu", *TINY, "--rounds", "2", "--primitives", "skip_connect,avg_pool_3x3")
+    assert done.returncode == 0, done.stderr
+    assert not (user_tables / "cpu_darts_8.json.rounds").exists()  # round files are merged and removed
+    path = user_tables / "cpu_darts_8.json"
+    first = LatencyTable.load(path, space="darts", input_size=8)
+    assert first.metadata.threads == 1 and first.metadata.runtime == "pytorch"
+    assert first.metadata.details["machine"]["threads"] == 1 and first.metadata.details["rounds"] == 2
+    assert all(e.runs > 3 for e in first.entries.values())  # two rounds (processes) of up to 3 runs
+    assert (user_tables / "cpu_darts_8.predictor.pkl").is_file()
+
+    primitives = "skip_connect,avg_pool_3x3,max_pool_3x3"
+    done = cli("profile", "--device", "cpu", *TINY, "--rounds", "1", "--primitives", primitives)
+    assert done.returncode == 0, done.stderr
+    second = LatencyTable.load(path)
+    new = set(second.entries) - set(first.entries)
+    assert new and all(k.startswith("max_pool_3x3") for k in new)
+    assert all(second.entries[k] == first.entries[k] for k in first.entries)  # kept, not re-measured
+    assert f"({len(new)} measured now)" in done.stdout
+
+    capsys.readouterr()
+    assert main(["targets"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:3] == ["cpu", "darts", "8"] and "user" in line for line in listing)
+
+    key = "sep_conv_3x3-input:8x8x4-output:8x8x4-stride:1"
+    assert main(["predict", "--table", "cpu", "--key", key, "--key", next(iter(first.entries)), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["measured"] for r in rows] == [False, True] and rows[0]["latency_ms"] > 0
+
+
+def test_combine_rounds():
+    rounds = [Measurement(1.0, 0.1, 30), Measurement(3.0, 0.3, 28), Measurement(1.2, 0.2, 29)]
+    assert combine_rounds(rounds) == TableEntry(1.2, 0.2, 87)
+
+
+def test_profile_refuses_a_table_of_another_device(cli, user_tables, tmp_path):
+    out = tmp_path / "t.json"
+    foreign = make_table(
+        space_op_configs("darts", 8, SearchConfig(init_channels=4, layers=3)), space="darts", input_size=8
+    )
+    foreign.metadata = dataclasses.replace(foreign.metadata, runtime="onnxruntime")
+    foreign.save(out)
+    done = cli("profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,none", "--out", str(out))
+    assert done.returncode == 2
+    assert "holds runtime 'onnxruntime', not 'pytorch'" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_without_cuda_exits_2_with_one_line(cli, user_tables):
+    done = cli("profile", "--device", "gpu", "--space", "darts")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hwnas: error: --device gpu needs CUDA")
+
+
+def test_predict_phone_table_at_another_resolution(cli, user_tables):
+    done = cli("predict", "--table", "mobile", "--space", "mobile", "--input-size", "192", "--missing-only")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 70 and all(" predicted " in line for line in lines)
+
+
+def test_predict_errors(user_tables, capsys):
+    assert main(["predict", "--table", "mobile"]) == 2
+    assert main(["predict", "--table", "pixel9", "--space", "mobile"]) == 2
+    assert main(["profile", "--device", "cpu", "--space", "nasbench"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "hwnas: error: nothing to predict: give --key KEY or --space SPACE"
+    assert "no latency table for target 'pixel9'" in err[1]
+    assert "--input-size is needed for space 'nasbench'" in err[2]

@@ -1,0 +1,64 @@
+"""Table discovery and target resolution."""
+
+import logging
+
+import pytest
+
+from hwnas.errors import HwnasError
+from hwnas.latency.catalogue import mobile_op_configs
+from hwnas.latency.targets import default_table_path, list_tables, resolve_target, user_table_dir
+from tests.latency.helpers import make_table
+
+
+def test_user_dir_from_environment(user_tables, monkeypatch):
+    assert user_table_dir() == user_tables
+    assert default_table_path("cpu", "mobile", 224) == user_tables / "cpu_mobile_224.json"
+    monkeypatch.delenv("HWNAS_TABLES")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert str(user_table_dir()) == "/xdg/hwnas/latency_tables"
+
+
+def test_shipped_phone_tables_resolve(user_tables):
+    pixel1 = resolve_target("mobile", "mobile", 224)
+    assert pixel1.metadata.device == "Google Pixel 1" and len(pixel1) == 72
+    for size in (160, 176, 192, 208, 224):
+        note10 = resolve_target("note10", "ofa", size)
+        assert note10.metadata.input_size == size and len(note10) == 96
+        assert "Once-for-All" in note10.metadata.source
+
+
+def test_user_table_shadows_shipped_and_paths_resolve(user_tables):
+    mine = make_table(mobile_op_configs(224)[:5], target="mobile")
+    mine.save(user_tables / "mobile_mobile_224.json")
+    resolved = resolve_target("mobile", "mobile", 224)
+    assert resolved.path == user_tables / "mobile_mobile_224.json" and len(resolved) == 5
+    assert resolve_target(str(resolved.path), "mobile", 224).to_json() == mine.to_json()
+    origins = {(i.origin, i.table.metadata.target) for i in list_tables()}
+    assert ("user", "mobile") in origins and ("shipped", "mobile") in origins
+
+
+def test_resolution_errors(user_tables):
+    with pytest.raises(HwnasError, match="unknown target 'pixel9'; known: .*mobile.*note10"):
+        resolve_target("pixel9", "mobile", 224)
+    with pytest.raises(
+        HwnasError, match="'mobile' has no table for space 'darts' .*hwnas profile --device android"
+    ):
+        resolve_target("mobile", "darts", 32)
+    with pytest.raises(HwnasError, match=r"no mobile table at input size 192 \(only 224\)"):
+        resolve_target("mobile", "mobile", 192)
+    with pytest.raises(HwnasError, match="does not exist"):
+        resolve_target("missing.json", "mobile", 224)
+
+
+def test_host_target_without_table_names_the_profile_command(user_tables):
+    make_table(mobile_op_configs(224)[:5], target="gpu").save(user_tables / "gpu_mobile_224.json")
+    with pytest.raises(HwnasError, match="`hwnas profile --device gpu --space darts --input-size 32`"):
+        resolve_target("gpu", "darts", 32)
+
+
+def test_malformed_user_table_is_skipped(user_tables, caplog):
+    (user_tables / "broken.json").write_text("{")
+    with caplog.at_level(logging.WARNING):
+        tables = list_tables()
+    assert all(i.table.path.name != "broken.json" for i in tables)
+    assert "broken.json" in caplog.text

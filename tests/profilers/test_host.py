@@ -1,0 +1,95 @@
+"""Host profilers measure a small op set; the exporting ones skip cleanly when their runtime is missing."""
+
+import builtins
+
+import pytest
+import torch
+
+from hwnas.errors import HwnasError
+from hwnas.ops.opconfig import OpConfig
+from hwnas.profilers import PROFILERS, Protocol, get_profiler
+
+FAST = Protocol(warmup_runs=2, runs=5, min_sample_ms=0.2)
+OPS = [
+    OpConfig.from_key("expanded_conv-input:16x16x8-output:8x8x16-expand:3-kernel:3-stride:2-idskip:0"),
+    OpConfig.from_key("sep_conv_3x3-input:8x8x8-output:8x8x8-stride:1"),
+    OpConfig.from_key("Logits-input:4x4x16-output:10"),
+]
+
+
+def check(profiler, ops):
+    for op in ops:
+        m = profiler.measure_op(op)
+        assert m.median_ms > 0 and m.iqr_ms >= 0 and 3 <= m.runs <= FAST.runs
+    meta = profiler.metadata()
+    assert meta["machine"]["threads"] == 1 and meta["protocol"]["runs"] == FAST.runs
+    assert meta["protocol"]["clock"] in ("thread", "cuda-events")
+    assert profiler.runtime_version
+
+
+def test_registry_names():
+    assert PROFILERS.names() == ["cpu", "onnxruntime", "tflite", "gpu", "android"]
+    with pytest.raises(HwnasError, match="unknown profiler device 'npu'"):
+        get_profiler("npu")
+
+
+def test_cpu_profiler():
+    before = torch.get_num_threads()
+    with get_profiler("cpu", threads=1, protocol=FAST) as profiler:
+        check(profiler, OPS)
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_onnxruntime_profiler():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    check(get_profiler("onnxruntime", threads=1, protocol=FAST), OPS[:2])
+
+
+def test_tflite_profiler():
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    check(get_profiler("tflite", threads=1, protocol=FAST), OPS[:1] + OPS[2:])
+
+
+def test_missing_runtime_names_the_extra(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(HwnasError, match=r'pip install "hwnas\[export\]"'):
+        get_profiler("onnxruntime").measure_op(OPS[1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_without_cuda_is_a_clear_error():
+    with pytest.raises(HwnasError, match="needs CUDA"):
+        get_profiler("gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_profiler():
+    profiler = get_profiler("gpu", protocol=FAST)
+    check(profiler, OPS)
+    assert profiler.metadata()["machine"]["gpu"]
+
+
+def test_bad_threads():
+    with pytest.raises(HwnasError, match="threads must be >= 1"):
+        get_profiler("cpu", threads=0)
+
+
+def test_exports_are_cached_on_disk(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    first = get_profiler("onnxruntime", protocol=FAST, cache_dir=tmp_path)
+    first.measure_op(OPS[1])
+    assert [p.suffix for p in tmp_path.iterdir()] == [".onnx"]
+    again = get_profiler("onnxruntime", protocol=FAST, cache_dir=tmp_path)
+    again.export = None  # a second export would fail: the cached model is loaded instead
+    assert again.measure_op(OPS[1]).median_ms > 0
