@@ -80,6 +80,7 @@ def measure(variant: str, batch: int, device: str, repeats: int, threads: int) -
     """One row, in this process (run it in a fresh one: peak RSS and allocator state depend on history)."""
     import torch
     import torch.nn.functional as F
+
     from hwnas.kernels.backend import kernel_backend
 
     torch.set_num_threads(threads)

@@ -95,8 +95,11 @@ def import_torchvision():
         _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")
         for op in ("nms", "qnms"):
             _TORCHVISION_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        log.warning("torchvision's compiled ops do not match torch %s (%s); using its datasets and transforms only",
-                    torch.__version__, err)
+        log.warning(
+            "torchvision's compiled ops do not match torch %s (%s); using its datasets and transforms only",
+            torch.__version__,
+            err,
+        )
         import torchvision
     return torchvision
 

@@ -116,7 +116,6 @@ def run_search(
 
         log.info("fused mixed op backends: %s", backend_report())
 
-
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         strategy.start_epoch(epoch)

@@ -30,9 +30,7 @@ DELEGATE_FLAGS = {
     "nnapi": ["--use_nnapi=true"],
 }
 REMOTE_DIR = "/data/local/tmp/hwnas"
-IQR_PER_STD = (
-    1.349  # IQR of a normal distribution in standard deviations: benchmark_model reports no quartiles
-)
+IQR_PER_STD = 1.349  # IQR of a normal distribution in standard deviations: benchmark_model reports no quartiles
 ADB_TIMEOUT_S = 600
 
 
@@ -93,16 +91,12 @@ class AndroidProfiler(Profiler):
         super().__init__(threads, batch, protocol)
         if delegate not in DELEGATE_FLAGS:
             raise HwnasError(f"unknown delegate {delegate!r}; known: {', '.join(DELEGATE_FLAGS)}")
-        if cpu_mask is not None and not all(
-            c in "0123456789abcdefABCDEF" for c in cpu_mask.removeprefix("0x")
-        ):
+        if cpu_mask is not None and not all(c in "0123456789abcdefABCDEF" for c in cpu_mask.removeprefix("0x")):
             raise HwnasError(f"--cpu-mask must be a hexadecimal taskset mask such as f0, got {cpu_mask!r}")
         self.delegate, self.cpu_mask, self.op_profiling = delegate, cpu_mask, op_profiling
         self.adb = shutil.which(adb)
         if self.adb is None:
-            raise HwnasError(
-                f"{adb!r} not found on PATH; install Android platform-tools to profile on a phone"
-            )
+            raise HwnasError(f"{adb!r} not found on PATH; install Android platform-tools to profile on a phone")
         if binary is None or not Path(binary).is_file():
             raise HwnasError(
                 f"benchmark_model binary not found{f' at {binary}' if binary else ''}: pass --binary PATH "
@@ -149,9 +143,7 @@ class AndroidProfiler(Profiler):
         done = self._adb(*args)
         if done.returncode != 0:
             message = (done.stderr or done.stdout).strip().splitlines()
-            raise HwnasError(
-                f"adb {args[0]} failed on {self.serial}: {message[-1] if message else done.returncode}"
-            )
+            raise HwnasError(f"adb {args[0]} failed on {self.serial}: {message[-1] if message else done.returncode}")
         return done.stdout
 
     def versions(self) -> dict[str, str]:

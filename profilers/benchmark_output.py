@@ -86,14 +86,10 @@ def parse_benchmark_output(text: str) -> BenchmarkResult:
         for m in [_STATS.search(line)]
         if m
     ]
-    summary = next(
-        (m for line in lines for m in [_NEW_SUMMARY.search(line) or _OLD_SUMMARY.search(line)] if m), None
-    )
+    summary = next((m for line in lines for m in [_NEW_SUMMARY.search(line) or _OLD_SUMMARY.search(line)] if m), None)
     if summary is None and not stats:
         tail = " | ".join(line.strip() for line in lines if line.strip())[-300:]
-        raise HwnasError(
-            f"benchmark_model printed no inference timings; its output ends: {tail or '(nothing)'}"
-        )
+        raise HwnasError(f"benchmark_model printed no inference timings; its output ends: {tail or '(nothing)'}")
     timed = stats[-1] if stats else {}
     avg = float(summary.group(1)) if summary else float(timed["avg"])
     init = next(

@@ -43,8 +43,7 @@ def _build(op: OpConfig) -> nn.Module:
         extra = {name for name, _ in op.attrs} - _MBCONV_ATTRS
         if extra:
             raise HwnasError(
-                f"cannot build {op.key()!r}: attributes {sorted(extra)} (e.g. Once-for-All se/hs) "
-                "have no module here"
+                f"cannot build {op.key()!r}: attributes {sorted(extra)} (e.g. Once-for-All se/hs) have no module here"
             )
         return MBConv(c_in, c_out, op.attr("kernel"), _stride(op), op.attr("expand"), bool(op.attr("idskip")))
     if op.kind == "Conv":

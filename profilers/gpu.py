@@ -17,9 +17,7 @@ class GpuProfiler(Profiler):
     def __init__(self, threads: int = 1, batch: int = 1, protocol=None, gpu_index: int = 0):
         super().__init__(threads, batch, protocol)
         if not torch.cuda.is_available():
-            raise HwnasError(
-                f"--device gpu needs CUDA, and torch {torch.__version__} sees no CUDA device here"
-            )
+            raise HwnasError(f"--device gpu needs CUDA, and torch {torch.__version__} sees no CUDA device here")
         if gpu_index >= torch.cuda.device_count():
             raise HwnasError(f"no CUDA device {gpu_index}; this machine has {torch.cuda.device_count()}")
         self.cuda = torch.device("cuda", gpu_index)

@@ -35,9 +35,7 @@ class Protocol:
     runs: int = 30
     min_sample_ms: float = 2.0
     outlier_iqr: float = 1.5  # Tukey's fence factor; 0 disables rejection
-    clock: str = (
-        "auto"  # "wall", "thread" (CPU time of the calling thread), "auto": thread when single-threaded
-    )
+    clock: str = "auto"  # "wall", "thread" (CPU time of the calling thread), "auto": thread when single-threaded
 
     def __post_init__(self):
         if self.warmup_runs < 0 or self.runs < 3:

@@ -16,9 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, help="table file, or target name (uses all its tables)")
     parser.add_argument("--key", action="append", default=[], help="op key to estimate (repeatable)")
     parser.add_argument("--space", help="estimate every op configuration of this space (mobile, darts)")
-    parser.add_argument(
-        "--input-size", type=int, help="input size for --space (default: 224 mobile, 32 darts)"
-    )
+    parser.add_argument("--input-size", type=int, help="input size for --space (default: 224 mobile, 32 darts)")
     parser.add_argument("--width-mult", type=float, default=defaults.width_mult)
     parser.add_argument("--init-channels", type=int, default=defaults.init_channels)
     parser.add_argument("--layers", type=int, default=defaults.layers)

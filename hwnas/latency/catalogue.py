@@ -117,9 +117,7 @@ def mobile_op_configs(
     """Every distinct OpConfig of the mobile space: fixed layers, then each block's MBConv candidates."""
     unknown = [p for p in primitives if p not in MOBILE_PRIMITIVES]
     if unknown:
-        raise HwnasError(
-            f"unknown op {unknown[0]!r} for space 'mobile'; known: {', '.join(MOBILE_PRIMITIVES)}"
-        )
+        raise HwnasError(f"unknown op {unknown[0]!r} for space 'mobile'; known: {', '.join(MOBILE_PRIMITIVES)}")
     candidates = [parse_mbconv(p) for p in primitives if p != "zero"]
     configs = mobile_fixed_op_configs(input_size, width_mult, num_classes)
     for block in mobile_blocks(input_size, width_mult):
@@ -164,13 +162,9 @@ def mobile_network_op_configs(
     for block, choice in zip(blocks, choices):
         if choice == "zero":
             if block.first:
-                raise HwnasError(
-                    f"block {block.index} of stage {block.stage} is a stage's first and cannot be zero"
-                )
+                raise HwnasError(f"block {block.index} of stage {block.stage} is a stage's first and cannot be zero")
             continue
         if choice not in MOBILE_PRIMITIVES:
-            raise HwnasError(
-                f"unknown op {choice!r} for space 'mobile'; known: {', '.join(MOBILE_PRIMITIVES)}"
-            )
+            raise HwnasError(f"unknown op {choice!r} for space 'mobile'; known: {', '.join(MOBILE_PRIMITIVES)}")
         layers.append(block.op_config(*parse_mbconv(choice)))
     return layers + [head, logits]

@@ -46,9 +46,7 @@ class OpCost:
     def macs(self) -> float:
         return sum(v for k, v in self.terms.items() if "_macs" in k)
 
-    def conv(
-        self, hw_in: int, hw_out: int, c_in: int, c_out: int, kernel: int, groups: int = 1, dilation: int = 1
-    ):
+    def conv(self, hw_in: int, hw_out: int, c_in: int, c_out: int, kernel: int, groups: int = 1, dilation: int = 1):
         macs = hw_out * hw_out * c_out * (c_in // groups) * kernel * kernel
         if groups == c_in and c_in > 1:
             term = f"{'dwdil' if dilation > 1 else 'dw'}_macs_k{kernel}"

@@ -29,9 +29,7 @@ from hwnas.ops.opconfig import OpConfig
 
 log = logging.getLogger(__name__)
 MIN_ENTRIES = 8
-MIN_LATENCY_MS = (
-    1e-4  # floor for relative weights: ops that cost nothing (identity) would get infinite weight
-)
+MIN_LATENCY_MS = 1e-4  # floor for relative weights: ops that cost nothing (identity) would get infinite weight
 
 
 class LatencyPredictor:
@@ -71,9 +69,7 @@ class LatencyPredictor:
         return np.c_[terms, np.ones(len(terms))] @ self.weights
 
     def _booster_features(self, ops: list[OpConfig], raw: np.ndarray) -> np.ndarray:
-        kinds = np.array([[op.kind == k for k in self.kinds] for op in ops], dtype=float).reshape(
-            len(ops), -1
-        )
+        kinds = np.array([[op.kind == k for k in self.kinds] for op in ops], dtype=float).reshape(len(ops), -1)
         return np.c_[np.log1p(raw), kinds]
 
     def predict(self, ops: list[OpConfig]) -> np.ndarray:

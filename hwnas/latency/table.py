@@ -41,9 +41,7 @@ class TableEntry:
     @classmethod
     def from_json(cls, data: Any, where: str) -> TableEntry:
         if not isinstance(data, dict) or set(data) != {"median_ms", "iqr_ms", "runs"}:
-            raise HwnasError(
-                f"{where}: an entry must be an object with median_ms, iqr_ms and runs, got {data!r}"
-            )
+            raise HwnasError(f"{where}: an entry must be an object with median_ms, iqr_ms and runs, got {data!r}")
         median, iqr, runs = data["median_ms"], data["iqr_ms"], data["runs"]
         if not _is_number(median) or not math.isfinite(median) or median < 0:
             raise HwnasError(f"{where}: median_ms must be a finite number >= 0, got {median!r}")
@@ -96,9 +94,7 @@ class TableMetadata:
             if data.get(name) is not None and data[name] < 1:
                 raise HwnasError(f"{where}: metadata {name!r} must be >= 1, got {data[name]}")
         if data.get("statistic", "median") not in ("median", "mean"):
-            raise HwnasError(
-                f"{where}: metadata 'statistic' must be 'median' or 'mean', got {data['statistic']!r}"
-            )
+            raise HwnasError(f"{where}: metadata 'statistic' must be 'median' or 'mean', got {data['statistic']!r}")
         return cls(**data)
 
 
@@ -123,9 +119,7 @@ class LatencyTable:
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (
-            f"LatencyTable({m.target!r}, space={m.space!r}, input_size={m.input_size}, entries={len(self)})"
-        )
+        return f"LatencyTable({m.target!r}, space={m.space!r}, input_size={m.input_size}, entries={len(self)})"
 
     def lookup(self, op: OpConfig) -> float | None:
         """The latency of `op` in milliseconds, or None when the table lacks it."""
@@ -164,9 +158,7 @@ class LatencyTable:
         if space is not None and m.space != space:
             raise HwnasError(f"latency table {self.name} is for space {m.space!r}, not {space!r}")
         if input_size is not None and m.input_size != input_size:
-            raise HwnasError(
-                f"latency table {self.name} was measured at input size {m.input_size}, not {input_size}"
-            )
+            raise HwnasError(f"latency table {self.name} was measured at input size {m.input_size}, not {input_size}")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -178,9 +170,7 @@ class LatencyTable:
         }
 
     @classmethod
-    def from_json(
-        cls, data: Any, where: str = "latency table", path: str | Path | None = None
-    ) -> LatencyTable:
+    def from_json(cls, data: Any, where: str = "latency table", path: str | Path | None = None) -> LatencyTable:
         if not isinstance(data, dict):
             raise HwnasError(f"malformed {where}: expected a JSON object")
         if data.get("format") != FORMAT:

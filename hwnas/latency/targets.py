@@ -94,9 +94,7 @@ def resolve_target(name_or_path: str, space: str, input_size: int) -> LatencyTab
         return LatencyTable.load(name_or_path, space, input_size)
     tables = [info.table for info in list_tables() if info.table.metadata.target == name_or_path]
     if not tables and name_or_path in HOST_DEVICES:
-        raise HwnasError(
-            f"no {name_or_path} latency table yet; " + profile_hint(name_or_path, space, input_size)
-        )
+        raise HwnasError(f"no {name_or_path} latency table yet; " + profile_hint(name_or_path, space, input_size))
     if not tables:
         known = sorted({info.table.metadata.target for info in list_tables()} | set(HOST_DEVICES))
         raise HwnasError(f"unknown target {name_or_path!r}; known: {', '.join(known)} (or a table file path)")

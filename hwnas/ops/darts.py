@@ -93,9 +93,7 @@ OPS.register("avg_pool_3x3")(
     lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 )
 OPS.register("max_pool_3x3")(lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1))
-OPS.register("skip_connect")(
-    lambda C, stride, affine: nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine)
-)
+OPS.register("skip_connect")(lambda C, stride, affine: nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine))
 OPS.register("sep_conv_3x3")(lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine))
 OPS.register("sep_conv_5x5")(lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine))
 OPS.register("sep_conv_7x7")(lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine))

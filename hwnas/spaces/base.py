@@ -59,9 +59,7 @@ class SearchSpace:
             return self.primitives
         unknown = [p for p in primitives if p not in self.primitives]
         if unknown:
-            raise HwnasError(
-                f"unknown op {unknown[0]!r} for space {self.name!r}; known: {', '.join(self.primitives)}"
-            )
+            raise HwnasError(f"unknown op {unknown[0]!r} for space {self.name!r}; known: {', '.join(self.primitives)}")
         if len(primitives) < 2 and self.name == "darts":
             raise HwnasError("a search needs at least two primitives")
         return tuple(primitives)

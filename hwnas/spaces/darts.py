@@ -332,9 +332,7 @@ class Cell(nn.Module):
         concat = genotype.reduce_concat if reduction else genotype.normal_concat
         self.steps, self.concat, self.reduction = len(edges) // 2, concat, reduction
         self.inputs = [src for _op, src in edges]
-        self.ops = nn.ModuleList(
-            OPS.get(op)(c, 2 if reduction and src < 2 else 1, True) for op, src in edges
-        )
+        self.ops = nn.ModuleList(OPS.get(op)(c, 2 if reduction and src < 2 else 1, True) for op, src in edges)
         self.multiplier = len(concat)
 
     def forward(self, s0, s1, drop_prob: float):

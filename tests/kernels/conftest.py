@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from hwnas.kernels import backend
 
 ROOT = Path(__file__).resolve().parents[2]

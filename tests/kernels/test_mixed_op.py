@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from hwnas.kernels.mixed_op import (
     dot,
     dot_reference,
@@ -13,8 +15,6 @@ from hwnas.kernels.mixed_op import (
     weighted_accumulate,
     weighted_accumulate_reference,
 )
-from torch import nn
-
 from hwnas.ops.darts import DARTS_PRIMITIVES, OPS
 from hwnas.supernet.mixed import weighted_sum_reference
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hwnas.kernels.mixed_op import dot_reference, weighted_accumulate_reference
 from hwnas.kernels.partial_channel import (
     partial_channel_shuffle_reference,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from hwnas.kernels.partial_channel import partial_channel_shuffle, partial_channel_shuffle_reference
 
 

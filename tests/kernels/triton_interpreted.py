@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch
-from hwnas.kernels import backend, mixed_op, partial_channel
 
+from hwnas.kernels import backend, mixed_op, partial_channel
 from hwnas.supernet.mixed import weighted_sum_reference
 
 if os.environ.get("TRITON_INTERPRET") != "1":

@@ -75,9 +75,7 @@ def test_mobile_primitive_subset_and_errors():
 @pytest.mark.parametrize("cfg", [SearchConfig(), SearchConfig(init_channels=16, layers=8)])
 def test_darts_is_edges_plus_fixed(cfg):
     space = get_space("darts")
-    expected = {op for edge in space.edge_op_configs(cfg, 32) for op in edge} | set(
-        space.fixed_op_configs(cfg, 32)
-    )
+    expected = {op for edge in space.edge_op_configs(cfg, 32) for op in edge} | set(space.fixed_op_configs(cfg, 32))
     configs = space_op_configs("darts", 32, cfg)
     assert set(configs) == expected and len(configs) == len(expected)
     assert configs[0].kind == "Conv"

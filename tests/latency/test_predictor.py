@@ -66,9 +66,7 @@ def test_save_load_and_staleness(tmp_path):
 def test_estimate_marks_measured_and_predicted():
     pixel1 = LatencyTable.load(SHIPPED / "mobile_mobile_224.json")
     known = pixel1.ops()[0]
-    other = OpConfig.from_key(
-        "expanded_conv-input:14x14x80-output:14x14x80-expand:4-kernel:3-stride:1-idskip:1"
-    )
+    other = OpConfig.from_key("expanded_conv-input:14x14x80-output:14x14x80-expand:4-kernel:3-stride:1-idskip:1")
     (op1, ms1, measured1), (op2, ms2, measured2) = estimate([pixel1], [known, other])
     assert (op1, ms1, measured1) == (known, pixel1.lookup(known), True)
     e3 = pixel1.lookup(OpConfig.from_key(other.key().replace("expand:4", "expand:3")))

@@ -42,9 +42,7 @@ def test_lookup_missing_require_and_sum():
     other = OpConfig.from_key("Conv-input:192x192x3-output:96x96x32")
     assert table.lookup(other) is None and other not in table and CONFIGS[0] in table
     assert table.missing(CONFIGS + [other]) == [other]
-    with pytest.raises(
-        HwnasError, match="lacks 1 of 11 op configurations .*Conv-input:192x192x3.*; run this"
-    ):
+    with pytest.raises(HwnasError, match="lacks 1 of 11 op configurations .*Conv-input:192x192x3.*; run this"):
         table.require(CONFIGS + [other], hint="run this")
     assert table.sum_ms(CONFIGS[:2]) == pytest.approx(sum(table.lookup(op) for op in CONFIGS[:2]))
     with pytest.raises(HwnasError, match="lacks"):
@@ -103,9 +101,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "message"), BAD, ids=[" ".join(map(str, b[0])) + f"={b[1]!r}" for b in BAD]
-)
+@pytest.mark.parametrize(("path", "value", "message"), BAD, ids=[" ".join(map(str, b[0])) + f"={b[1]!r}" for b in BAD])
 def test_validation_errors(tmp_path, table_json, path, value, message):
     data = copy.deepcopy(table_json)
     _set(data, path, value)

@@ -40,9 +40,7 @@ def test_user_table_shadows_shipped_and_paths_resolve(user_tables):
 def test_resolution_errors(user_tables):
     with pytest.raises(HwnasError, match="unknown target 'pixel9'; known: .*mobile.*note10"):
         resolve_target("pixel9", "mobile", 224)
-    with pytest.raises(
-        HwnasError, match="'mobile' has no table for space 'darts' .*hwnas profile --device android"
-    ):
+    with pytest.raises(HwnasError, match="'mobile' has no table for space 'darts' .*hwnas profile --device android"):
         resolve_target("mobile", "darts", 32)
     with pytest.raises(HwnasError, match=r"no mobile table at input size 192 \(only 224\)"):
         resolve_target("mobile", "mobile", 192)

@@ -32,8 +32,9 @@ def test_reduction_cells_at_one_and_two_thirds():
 
 
 def test_steps_and_primitive_subset():
-    cfg = SearchConfig(init_channels=4, layers=3, steps=2, multiplier=2, primitives=("none", "skip_connect",
-                                                                                      "sep_conv_3x3"))
+    cfg = SearchConfig(
+        init_channels=4, layers=3, steps=2, multiplier=2, primitives=("none", "skip_connect", "sep_conv_3x3")
+    )
     net = get_space("darts").build_supernet(cfg, 1, 5)
     assert net.alpha_normal.shape == (len(edge_inputs(2)), 3)
     assert net(torch.randn(1, 1, 8, 8)).shape == (1, 5)
@@ -87,10 +88,16 @@ def test_genotype_json_round_trip(tmp_path):
         ("{not json", "malformed genotype file"),
         ('{"normal": []}', "'space' field"),
         ('{"space": "darts", "normal": [["sep_conv_3x3", 0]]}', "malformed DARTS genotype"),
-        ('{"space": "darts", "normal": [["warp", 0], ["skip_connect", 1]], "normal_concat": [2],'
-         ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}', "unknown op 'warp'"),
-        ('{"space": "darts", "normal": [["skip_connect", 0], ["skip_connect", 7]], "normal_concat": [2],'
-         ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}', "reads node 7"),
+        (
+            '{"space": "darts", "normal": [["warp", 0], ["skip_connect", 1]], "normal_concat": [2],'
+            ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+            "unknown op 'warp'",
+        ),
+        (
+            '{"space": "darts", "normal": [["skip_connect", 0], ["skip_connect", 7]], "normal_concat": [2],'
+            ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+            "reads node 7",
+        ),
         ('{"space": "nowhere"}', "unknown search space"),
     ],
 )

@@ -36,8 +36,16 @@ def test_each_strategy_moves_alpha_and_derives(name):
 
 def test_second_order_gradient_matches_exact_hessian_vector_product():
     """DARTS Eq. 7 by finite differences (Eq. 8) against autograd through the unrolled step, in float64."""
-    strategy, net = _prepared("darts", dtype=torch.float64, unrolled=True, init_channels=2, layers=1, steps=2,
-                              multiplier=2, primitives=("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"))
+    strategy, net = _prepared(
+        "darts",
+        dtype=torch.float64,
+        unrolled=True,
+        init_channels=2,
+        layers=1,
+        steps=2,
+        multiplier=2,
+        primitives=("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3"),
+    )
     net.eval()  # BatchNorm on running statistics: the train forward must not differ between the evaluations
     train, val = _batch(dtype=torch.float64), _batch(dtype=torch.float64, seed=1)
     approx, _ = strategy.unrolled_arch_gradient(train, val)
