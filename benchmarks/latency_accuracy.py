@@ -8,9 +8,11 @@ compared with
 
 (a) the raw table sum Σ_layers F(layer) (ProxylessNAS, Cai et al. 2019, Eq. 4);
 (b) the table sum with a per-network correction a·sum + b, fitted on a disjoint set of ≥50 calibration
-    architectures (whole networks run slower than the sum of their ops, e.g. memory traffic between layers);
+    architectures (whole networks run slower than the sum of their ops, e.g. memory traffic between layers)
+    by `hwnas.latency.calibration.fit_network_correction`, the fit `hwnas profile --calibrate` stores;
 (c) the predictor (hwnas.latency.predictor) trained on the table with that architecture's op configurations
     held out, summed, with the same correction;
+(d) the table's own network estimate, where `hwnas profile --calibrate` stored a correction in it;
 
 reporting RMSE, MAPE and the share within ±10% and ±5% (the nn-Meter accuracy metric: Zhang et al., MobiSys
 2021). The predictor is also scored on the real phone tables: leave-one-block-shape-out on the Pixel 1 table,
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hwnas.latency.calibration import fit_network_correction
 from hwnas.latency.catalogue import mobile_blocks, mobile_network_op_configs
 from hwnas.latency.features import op_cost
 from hwnas.latency.predictor import LatencyPredictor
@@ -188,14 +191,6 @@ def scores(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     }
 
 
-def fit_correction(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """measured ≈ a · sum + b, least squares on relative error."""
-    w = 1.0 / measured
-    design = np.c_[sums, np.ones_like(sums)] * w[:, None]
-    (a, b), *_ = np.linalg.lstsq(design, measured * w, rcond=None)
-    return float(a), float(b)
-
-
 def held_out_predictor_sum(table: LatencyTable, layers) -> float:
     """Σ over the network's layers of a predictor fitted on the table without any of those layers' configs."""
     held = {op.key() for op in layers}
@@ -211,7 +206,8 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
     layers = [mobile_network_op_configs(a, INPUT_SIZE) for a in archs]
     sums = np.array([table.sum_ms(ls) for ls in layers])
     cal, test = slice(0, n_cal), slice(n_cal, len(archs))
-    a, b = fit_correction(sums[cal], measured[cal])
+    correction = fit_network_correction(sums[cal], measured[cal])  # what `hwnas profile --calibrate` stores
+    a, b = correction.a, correction.b_ms
     start = time.time()
     predicted = np.array([held_out_predictor_sum(table, ls) for ls in layers[test]])
     log.info("%s: %d held-out predictor fits in %.0f s", runtime, len(predicted), time.time() - start)
@@ -233,6 +229,13 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
         "mape_predictor": pred["mape"],
         "rmse_predictor_ms": pred["rmse_ms"],
         "correction": {"a": a, "b_ms": b},
+        # the correction stored in the table by `hwnas profile --calibrate` (its own architectures), if any
+        "stored_correction": None
+        if table.metadata.network_correction is None
+        else {
+            "fit": table.metadata.network_correction.to_json(),
+            **scores(np.array([table.network_ms(s) for s in sums[test]]), measured[test]),
+        },
         "whole_over_sum_median": float(np.median(measured / sums)),
         "measured_ms": {
             "min": float(measured.min()),

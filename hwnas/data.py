@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from hwnas.config import DataConfig
 from hwnas.errors import HwnasError
@@ -194,9 +195,26 @@ def search_splits(cfg: DataConfig) -> tuple[Splits, Dataset, Dataset]:
     return splits, Subset(splits.train, order[:cut]), Subset(splits.train, order[cut:])
 
 
+def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
+                 rank: int = 0, pin_memory: bool = False) -> DataLoader:  # fmt: skip
+    """Rank `rank`'s share of each global batch of `batch_size` (divisible by `num_replicas`), in pinned memory
+    when `pin_memory` (for asynchronous copies to a GPU).
+
+    The global order is a permutation seeded by (seed, epoch) alone, so the union of the ranks' shards of a step is
+    the one-process step's batch, whatever the world size, and a resume with another world size sees the same
+    batches. When `len(dataset)` is not divisible by `num_replicas`, DistributedSampler pads the last global batch
+    with up to `num_replicas - 1` examples from the start of the permutation, so that every rank's shard has the
+    same size (and each rank runs the same number of steps).
+    """
+    sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=seed * 100_003 + epoch)
+    return DataLoader(dataset, batch_size=batch_size // num_replicas, sampler=sampler, num_workers=0,
+                      pin_memory=pin_memory)  # fmt: skip
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                sampler=None) -> DataLoader:  # fmt: skip
-    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+                sampler=None, pin_memory: bool = False) -> DataLoader:  # fmt: skip
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned as in
+    `shard_loader`)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch) if shuffle and sampler is None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      generator=generator, num_workers=0, drop_last=False)  # fmt: skip
+                      generator=generator, num_workers=0, drop_last=False, pin_memory=pin_memory)  # fmt: skip

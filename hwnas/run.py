@@ -52,14 +52,21 @@ def save_torch_atomic(path: str | Path, obj: Any) -> None:
     _write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The Python, NumPy and torch CPU generators' states, and `device`'s when it is a GPU (drop-path draws there)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state`'s generators; the GPU's only when both runs are on one (a CPU resume ignores it)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def seed_everything(seed: int) -> None:
@@ -85,8 +92,8 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path, kind: str) -> tuple[RunDir, dict[str, Any]]:
-        """An existing run to resume: returns it and its stored config."""
+    def open(cls, path: str | Path, kind: str, log_to_file: bool = True) -> tuple[RunDir, dict[str, Any]]:
+        """An existing run to resume: returns it and its stored config (read only unless `log_to_file`)."""
         run = cls(path, kind)
         if not run.path.is_dir():
             raise HwnasError(f"cannot resume: run directory {run.path} does not exist")
@@ -99,7 +106,8 @@ class RunDir:
             raise HwnasError(f"cannot resume: {config_path} is corrupt ({err})") from None
         if not isinstance(stored, dict) or stored.get("kind") != kind or "config" not in stored:
             raise HwnasError(f"cannot resume: {run.path} is not a {kind} run directory")
-        run.attach_log()
+        if log_to_file:
+            run.attach_log()
         return run, stored["config"]
 
     def attach_log(self) -> None:
@@ -123,7 +131,7 @@ class RunDir:
         if not path.exists():
             return None
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=False)  # saved on any device, loaded anywhere
         except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
             raise HwnasError(f"corrupt checkpoint {path}: {type(err).__name__}") from None
         if not isinstance(state, dict) or state.get("kind") != self.kind:

@@ -3,6 +3,13 @@
 Per epoch: fresh loaders whose order depends only on (seed, epoch), `strategy.step` on zipped train/val
 batches, then derive, record and checkpoint atomically. A run stopped at any point resumes from the last
 completed epoch with identical results, since the model, optimisers, RNG state and step counter are restored.
+
+Under torchrun (`hwnas.distributed`) every rank runs this loop on its shard of each global batch (`shard_loader`)
+and the strategies average their gradients over the ranks; only rank 0 writes the run directory and shows
+progress. The checkpoint holds no per-rank state, so any world size can resume it.
+
+The supernet, and whatever a strategy builds, lives on the config's device (`hwnas.device`: a GPU when there is
+one), batches are copied there from pinned memory, and a checkpoint saved on one device resumes on any other.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from hwnas import distributed
 from hwnas.config import SearchConfig
-from hwnas.data import check_data, make_loader, search_splits
+from hwnas.data import check_data, search_splits, shard_loader
+from hwnas.device import placement
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir, rng_state, seed_everything, set_rng_state
 from hwnas.spaces import get_space
@@ -79,13 +88,19 @@ def run_search(
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
-    """Search per `cfg` into `run`, continuing from its checkpoint when there is one."""
+    """Search per `cfg` into `run`, continuing from its checkpoint when there is one (only rank 0 writes `run`)."""
     cfg.validate()
+    world, rank = distributed.world_size(), distributed.rank()
+    distributed.check_batch_size(cfg.batch_size, world)
+    place = placement(cfg.device, cfg.sync_bn, world)
+    main = rank == 0
     seed_everything(cfg.seed)
     space = get_space(cfg.space)
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
+    strategy.placement = place
     splits, train_set, val_set = search_splits(cfg.data)
     supernet = space.build_supernet(cfg, splits.in_channels, splits.num_classes, **strategy.supernet_options())
+    supernet = place.module(supernet)  # built on the CPU from the seed, so it starts alike on every device
     strategy.prepare(supernet)
     latency = None
     if cfg.target is not None:
@@ -104,13 +119,14 @@ def run_search(
             strategy.load_state_dict(state["strategy"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise HwnasError(f"checkpoint in {run.path} does not match this search config: {err}") from None
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], place.device)
         start_epoch, history, alpha_history = state["epoch"] + 1, state["history"], state["alpha_history"]
         wall_s = state["wall_s"]
         log.info("resuming %s after epoch %d", run.path, state["epoch"])
-    log.info("search: space=%s strategy=%s dataset=%s (%d train / %d val), %d epochs, %d supernet weights",
-             cfg.space, cfg.strategy, cfg.data.dataset, len(train_set), len(val_set), cfg.epochs,
-             sum(p.numel() for p in supernet.weights()))  # fmt: skip
+    log.info("search: space=%s strategy=%s dataset=%s (%d train / %d val), %d epochs, %d supernet weights, "
+             "%d process(es) on %s%s", cfg.space, cfg.strategy, cfg.data.dataset, len(train_set), len(val_set),
+             cfg.epochs, sum(p.numel() for p in supernet.weights()), world, place.device,
+             " with SyncBatchNorm" if place.sync_bn else "")  # fmt: skip
     if cfg.fused:
         from hwnas.kernels.backend import backend_report
 
@@ -120,41 +136,44 @@ def run_search(
         t0 = time.perf_counter()
         strategy.start_epoch(epoch)
         supernet.train()
-        train_loader = make_loader(train_set, cfg.batch_size, True, cfg.seed, epoch)
-        val_loader = make_loader(val_set, cfg.batch_size, True, cfg.seed + 1, epoch)
+        train_loader = shard_loader(train_set, cfg.batch_size, cfg.seed, epoch, world, rank, place.pin_memory)
+        val_loader = shard_loader(val_set, cfg.batch_size, cfg.seed + 1, epoch, world, rank, place.pin_memory)
         rows = []
         bar = tqdm(zip(train_loader, val_loader), total=min(len(train_loader), len(val_loader)),
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)  # fmt: skip
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main), leave=False)  # fmt: skip
         for step, (train_batch, val_batch) in enumerate(bar):
-            rows.append(strategy.step(train_batch, val_batch))
+            rows.append(strategy.step(place.batch(train_batch), place.batch(val_batch)))
             bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", acc=f"{rows[-1]['train_acc']:.3f}")
             if on_step is not None:
                 on_step(epoch, step)
         strategy.end_epoch(epoch)
         genotype = strategy.derive()
         wall_s += time.perf_counter() - t0
-        row = {"epoch": epoch, **_mean_rows(rows), **strategy.epoch_metrics(), "epoch_s": time.perf_counter() - t0,
-               "genotype": genotype.to_json()}  # fmt: skip
+        row = {"epoch": epoch, **distributed.average_metrics(_mean_rows(rows)), **strategy.epoch_metrics(),
+               "epoch_s": time.perf_counter() - t0, "genotype": genotype.to_json()}  # fmt: skip
         history.append(row)
         alpha_history.append({g: p.detach().cpu().tolist() for g, p in supernet.probabilities().items()})
-        run.save_checkpoint({"epoch": epoch, "supernet": supernet.state_dict(), "strategy": strategy.state_dict(),
-                             "rng": rng_state(), "history": history, "alpha_history": alpha_history,
-                             "wall_s": wall_s, "config": cfg.to_json()})  # fmt: skip
-        run.write_metrics(history)
-        run.write_json("alphas.json", {"groups": _group_labels(supernet), "epochs": alpha_history})
+        if main:
+            run.save_checkpoint({"epoch": epoch, "supernet": supernet.state_dict(), "strategy": strategy.state_dict(),
+                                 "rng": rng_state(place.device), "history": history, "alpha_history": alpha_history,
+                                 "wall_s": wall_s, "config": cfg.to_json()})  # fmt: skip
+            run.write_metrics(history)
+            run.write_json("alphas.json", {"groups": _group_labels(supernet), "epochs": alpha_history})
         log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))  # fmt: skip
 
     genotype = strategy.derive()
     summary = {"final": history[-1] if history else {}, "wall_s": wall_s, "epochs": cfg.epochs, "space": cfg.space,
-               "strategy": cfg.strategy, "dataset": cfg.data.dataset, "seed": cfg.seed}  # fmt: skip
+               "strategy": cfg.strategy, "dataset": cfg.data.dataset, "seed": cfg.seed,
+               "world_size": world, "device": str(place.device)}  # fmt: skip
     summary["final"] = {k: v for k, v in summary["final"].items() if k != "genotype"}
     if latency is not None:
         genotype = _within_budget(cfg, latency, supernet, genotype, summary)
     summary["genotype"] = genotype.to_json()
-    genotype.save(run.path / "genotype.json")
-    run.write_json("summary.json", summary)
-    _plots(run, genotype, alpha_history, supernet)
+    if main:
+        genotype.save(run.path / "genotype.json")
+        run.write_json("summary.json", summary)
+        _plots(run, genotype, alpha_history, supernet)
     return SearchResult(genotype, history, summary)
 
 
@@ -197,11 +216,13 @@ def _plots(run: RunDir, genotype, alpha_history, supernet) -> None:
 
 
 def evaluate(model: torch.nn.Module, loader) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` in eval mode over `loader`."""
+    """(mean cross-entropy, accuracy) of `model` in eval mode over `loader`, on the device of its parameters."""
     model.eval()
+    device = next(model.parameters()).device
     total_loss, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             total_loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()

@@ -3,6 +3,7 @@ optional auxiliary head and cutout; checkpoint per epoch, resumable; test accura
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hwnas.config import TrainConfig
+from hwnas.config import TrainConfig, grad_clip_for
 from hwnas.data import load_splits, make_loader
+from hwnas.device import placement
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir, rng_state, save_torch_atomic, seed_everything, set_rng_state
 from hwnas.search import evaluate
 from hwnas.spaces import get_space, load_genotype
+from hwnas.spaces.mobile import MobileGenotype
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +56,25 @@ def augment(x: torch.Tensor, cutout: int, generator: torch.Generator) -> torch.T
 
 
 def build_model(cfg: TrainConfig, in_channels: int, num_classes: int):
+    """The genotype the network is built from (a mobile one at `cfg.width_mult` when set) and the network."""
     genotype = load_genotype(cfg.genotype)
+    if cfg.width_mult is not None and isinstance(genotype, MobileGenotype):  # its width lives in its genotype
+        genotype = dataclasses.replace(genotype, width_mult=cfg.width_mult)
     model = get_space(genotype.space).build_network(genotype, cfg, in_channels, num_classes)
     return genotype, model
 
 
 def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResult:
     cfg.validate()
+    place = placement(cfg.device, processes=1)
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
     genotype, model = build_model(cfg, splits.in_channels, splits.num_classes)
+    model = place.module(model)  # built on the CPU from the seed, so it starts alike on every device
     params = count_parameters(model)
-    log.info("train: %s genotype %s, %d parameters, %d train / %d test examples", genotype.space, cfg.genotype,
-             params, len(splits.train), len(splits.test))  # fmt: skip
+    grad_clip = grad_clip_for(genotype.space, cfg.grad_clip)
+    log.info("train: %s genotype %s, %d parameters, %d train / %d test examples, on %s", genotype.space,
+             cfg.genotype, params, len(splits.train), len(splits.test), place.device)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs, eta_min=cfg.lr_min)
     history: list[dict[str, Any]] = []
@@ -78,23 +87,23 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             sched.load_state_dict(state["sched"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise HwnasError(f"checkpoint in {run.path} does not match this network: {err}") from None
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], place.device)
         start_epoch, history, wall_s = state["epoch"] + 1, state["history"], state["wall_s"]
         log.info("resuming %s after epoch %d", run.path, state["epoch"])
 
-    test_loader = make_loader(splits.test, 256, False)
+    test_loader = make_loader(splits.test, 256, False, pin_memory=place.pin_memory)
     aug_gen = torch.Generator()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
-        loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch)
+        loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch)  # not pinned: augment copies
         total_loss, correct, n = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step, (x, y) in enumerate(bar):
             aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
-            x = augment(x, cfg.cutout, aug_gen)
+            x, y = place.batch((augment(x, cfg.cutout, aug_gen), y))  # augmented on the host: alike on any device
             opt.zero_grad(set_to_none=True)
             out = model(x)
             logits, aux = out if isinstance(out, tuple) else (out, None)
@@ -102,7 +111,8 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             if aux is not None:
                 loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
@@ -115,7 +125,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
                "test_acc": test_acc, "lr": opt.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0}  # fmt: skip
         history.append(row)
         run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "rng": rng_state(), "history": history,
+                             "sched": sched.state_dict(), "rng": rng_state(place.device), "history": history,
                              "wall_s": wall_s})  # fmt: skip
         run.write_metrics(history)
         log.info("epoch %d/%d: train_loss=%.4f train_acc=%.4f test_acc=%.4f", epoch + 1, cfg.epochs,
@@ -127,7 +137,8 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
                                               "state_dict": model.state_dict()})  # fmt: skip
     genotype.save(run.path / "genotype.json")
     summary = {"genotype": genotype.to_json(), "test_acc": test_acc, "test_loss": test_loss, "params": params,
-               "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed}  # fmt: skip
+               "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed,
+               "device": str(place.device)}  # fmt: skip
     run.write_json("summary.json", summary)
     log.info("test accuracy %.4f (%d parameters), weights in %s", test_acc, params, run.path / "model.pt")
     return TrainResult(test_acc, test_loss, params, summary)

@@ -7,6 +7,7 @@ phone, and run with fixed threads, a delegate (CPU, XNNPACK, GPU, NNAPI) and opt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -122,7 +123,10 @@ class AndroidProfiler(Profiler):
                     "no Android device attached (adb devices lists none); connect one with USB debugging on"
                 )
             if len(devices) > 1:
-                raise HwnasError(f"several devices attached ({', '.join(devices)}); choose one with --serial")
+                raise HwnasError(
+                    f"several devices attached ({', '.join(devices)}); choose with --serial (repeat it to shard "
+                    "over phones of one model)"
+                )
             serial = next(iter(devices))
         state = devices[serial]
         if state == "unauthorized":
@@ -150,7 +154,8 @@ class AndroidProfiler(Profiler):
         digest = hashlib.sha256(self.binary.read_bytes()).hexdigest()[:12]
         return {self.runtime: f"{self.binary.name} sha256:{digest}"}
 
-    def phone(self) -> dict[str, str]:
+    @functools.cached_property
+    def _phone(self) -> dict[str, str]:
         props = {
             "model": "ro.product.model",
             "android": "ro.build.version.release",
@@ -158,11 +163,22 @@ class AndroidProfiler(Profiler):
         }
         return {name: self._run("shell", "getprop", prop).strip() for name, prop in props.items()}
 
+    def phone(self) -> dict[str, str]:
+        """Model, Android release and SoC (read once per profiler)."""
+        return dict(self._phone)
+
     def clock_name(self) -> str:
         return "benchmark_model"
 
     def device_name(self) -> str:
         return self.phone()["model"] or f"Android device {self.serial}"
+
+    @property
+    def label(self) -> str:
+        return str(self.serial)
+
+    def device_info(self) -> dict:
+        return {"serial": self.serial, "model": self.device_name()}
 
     def metadata(self) -> dict:
         meta = super().metadata()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -51,8 +52,13 @@ class Profiler:
     def measure_module(self, module: nn.Module, shape: tuple[int, ...]) -> Measurement:
         return measure(self.prepare(module.eval(), shape), self.protocol)
 
+    def measure_model(self, key: str, build: Callable[[], nn.Module], shape: tuple[int, ...]) -> Measurement:
+        """Time the module `build()` makes (an op, or a whole network) on an NCHW input of `shape`; `key` names
+        it for profilers that cache their serialised models."""
+        return self.measure_module(build(), shape)
+
     def measure_op(self, op: OpConfig) -> Measurement:
-        return self.measure_module(build_op(op), input_shape(op, self.batch))
+        return self.measure_model(op.key(), lambda: build_op(op), input_shape(op, self.batch))
 
     def host_timer(self, fn: Callable[[], object]) -> RunBatch:
         """`run_batch` for a runtime computing on the calling thread, with the protocol's clock."""
@@ -62,8 +68,17 @@ class Profiler:
         return None
 
     def device_name(self) -> str:
-        """The hardware, in words, for the table metadata."""
+        """The hardware, in words, for the table metadata (devices sharing one table share this)."""
         return f"{cpu_model()}, {os.cpu_count()} cores"
+
+    @property
+    def label(self) -> str:
+        """This device among several of one model, for messages (an adb serial, ``cuda:1``)."""
+        return self.device
+
+    def device_info(self) -> dict:
+        """What tells this device apart from others of its model, for the table's per-device metadata."""
+        return {"model": self.device_name()}
 
     def metadata(self) -> dict:
         """What the table records about how it was measured."""
@@ -85,8 +100,8 @@ class Profiler:
 class ExportingProfiler(Profiler):
     """A profiler whose runtime loads a serialised model (ONNX, .tflite): export once, then load and time.
 
-    Each op is exported once per profiler, and once overall when `cache_dir` is given (repeated rounds in
-    fresh processes reuse the files there).
+    With `cache_dir`, each model is exported once overall: repeated rounds in fresh processes reuse the files
+    there (whole networks are large, so nothing is kept in memory).
     """
 
     suffix: ClassVar[str]  # file suffix of the serialised model
@@ -95,7 +110,6 @@ class ExportingProfiler(Profiler):
                  cache_dir: str | Path | None = None):  # fmt: skip
         super().__init__(threads, batch, protocol)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._exported: dict[str, bytes] = {}  # op key -> serialised model
 
     def export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
         raise NotImplementedError
@@ -106,26 +120,22 @@ class ExportingProfiler(Profiler):
     def prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunBatch:
         return self.load(self.export(module, shape), shape)
 
-    def exported_op(self, op: OpConfig) -> bytes:
-        """The serialised model of `op`, exported at most once (per profiler, or per `cache_dir`)."""
-        key = op.key()
-        if key in self._exported:
-            return self._exported[key]
+    def exported(self, key: str, build: Callable[[], nn.Module], shape: tuple[int, ...]) -> bytes:
+        """The serialised model of `build()` named `key`, from `cache_dir` when exported there before."""
         path = self.cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:20] + self.suffix) if self.cache_dir else None
         if path is not None and path.is_file():
             model = path.read_bytes()
         else:
-            model = self.export(build_op(op), input_shape(op, self.batch))
+            model = self.export(build().eval(), shape)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
                 tmp.write_bytes(model)
                 os.replace(tmp, path)
-        self._exported[key] = model
         return model
 
-    def measure_op(self, op: OpConfig) -> Measurement:
-        return measure(self.load(self.exported_op(op), input_shape(op, self.batch)), self.protocol)
+    def measure_model(self, key: str, build: Callable[[], nn.Module], shape: tuple[int, ...]) -> Measurement:
+        return measure(self.load(self.exported(key, build, shape), shape), self.protocol)
 
 
 def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

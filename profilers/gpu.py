@@ -38,6 +38,13 @@ class GpuProfiler(Profiler):
     def device_name(self) -> str:
         return self.gpu_name()
 
+    @property
+    def label(self) -> str:
+        return str(self.cuda)
+
+    def device_info(self) -> dict:
+        return {"gpu_index": self.cuda.index, "model": self.gpu_name()}
+
     def prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunBatch:
         module = module.to(self.cuda)
         x = example_input(shape).to(self.cuda)

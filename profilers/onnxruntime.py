@@ -40,6 +40,18 @@ def export_onnx(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     return program.model_proto.SerializeToString()
 
 
+def onnx_session(model: bytes | str, threads: int):
+    """An ONNX Runtime session for `model` (serialised, or a file path) as hwnas times every ONNX model: CPU
+    execution provider, `threads` intra-op threads, sequential execution, full graph optimisation."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeProfiler(ExportingProfiler):
     device = "onnxruntime"
     runtime = "onnxruntime"
@@ -55,12 +67,6 @@ class OnnxRuntimeProfiler(ExportingProfiler):
         return export_onnx(module, shape)
 
     def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
-        ort = _ort()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = onnx_session(model, self.threads)
         feed = {session.get_inputs()[0].name: example_input(shape).numpy().astype(np.float32)}
         return self.host_timer(lambda: session.run(None, feed))

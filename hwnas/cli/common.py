@@ -40,6 +40,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run-dir", help="where to write the run (default runs/<command>-<time>)")
     group.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     group.add_argument("--seed", type=int, help="random seed (default 0)")
+    group.add_argument("--device", help="auto (default: cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda "
+                                        "(this process's GPU) or cuda:N; may change on --resume")  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

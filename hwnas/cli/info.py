@@ -34,7 +34,10 @@ def collect() -> dict:
 
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "versions": {p: _version(p) for p in PACKAGES}}  # fmt: skip
+    from hwnas.device import resolve_device
+
     backends = {"cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+                "device_auto": str(resolve_device("auto", processes=1, local_rank=0)),  # what --device auto picks
                 "cpu_threads": str(torch.get_num_threads())}  # fmt: skip
     if _has("hwnas.kernels.backend"):
         from hwnas.kernels.backend import backend_report

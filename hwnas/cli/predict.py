@@ -1,4 +1,6 @@
-"""`hwnas predict`: latency of op configurations, measured where a table has them, predicted where not."""
+"""`hwnas predict`: latency of op configurations, measured where a table has them, predicted where not; with
+--genotype, of a whole network: its layers, their sum and the table's network estimate (the per-network
+correction a · sum + b of the table for the network's space and input size, where it has one)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, help="table file, or target name (uses all its tables)")
     parser.add_argument("--key", action="append", default=[], help="op key to estimate (repeatable)")
     parser.add_argument("--space", help="estimate every op configuration of this space (mobile, darts)")
-    parser.add_argument("--input-size", type=int, help="input size for --space (default: 224 mobile, 32 darts)")
+    parser.add_argument(
+        "--genotype", help="estimate this whole network (genotype file or published name; mobile: its own width)"
+    )
+    parser.add_argument("--input-size", type=int, help="for --space, --genotype (default: 224 mobile, 32 darts)")
     parser.add_argument("--width-mult", type=float, default=defaults.width_mult)
     parser.add_argument("--init-channels", type=int, default=defaults.init_channels)
     parser.add_argument("--layers", type=int, default=defaults.layers)
@@ -38,22 +43,58 @@ def _tables(spec: str, space: str | None):
     return tables
 
 
-def run(args) -> int:
+def _input_size(args, space: str) -> int:
     from hwnas.cli.profile import DEFAULT_INPUT_SIZE
+
+    size = args.input_size or DEFAULT_INPUT_SIZE.get(space)
+    if size is None:
+        raise HwnasError(f"--input-size is needed for space {space!r}")
+    return size
+
+
+def _shape(args, space: str) -> SearchConfig:
+    return SearchConfig(space=space, width_mult=args.width_mult, init_channels=args.init_channels, layers=args.layers)
+
+
+def _network(args) -> int:
+    """--genotype: the network's layers, their sum and the table's network estimate."""
+    from hwnas.latency.predictor import estimate_network
+    from hwnas.spaces import get_space, load_genotype
+
+    if args.key or args.space or args.missing_only:
+        raise HwnasError("--genotype estimates one network; it does not combine with --key, --space, --missing-only")
+    genotype = load_genotype(args.genotype)
+    size = _input_size(args, genotype.space)
+    layers = get_space(genotype.space).network_op_configs(genotype, _shape(args, genotype.space), size)
+    tables = _tables(args.table, genotype.space)
+    exact = next((t for t in tables if (t.metadata.space, t.metadata.input_size) == (genotype.space, size)), None)
+    network = estimate_network(tables, layers, exact)
+    correction = exact.metadata.network_correction if exact else None
+    if args.json:
+        rows = [{"key": op.key(), "latency_ms": ms, "measured": measured} for op, ms, measured in network.rows]
+        print(json.dumps({"layers": rows, "sum_ms": network.sum_ms, "latency_ms": network.latency_ms,
+                          "network_correction": correction.to_json() if correction else None}, indent=2))  # fmt: skip
+        return 0
+    for op, ms, measured in network.rows:
+        print(f"{ms:10.4f} ms  {'measured ' if measured else 'predicted'}  {op.key()}")
+    print(f"{network.sum_ms:10.4f} ms  sum of {len(layers)} layers")
+    how = (f"{correction.a:.4f} · sum + {correction.b_ms:.4f} ms, fitted on {correction.architectures} architectures"
+           if correction else "no network correction: the sum")  # fmt: skip
+    print(f"{network.latency_ms:10.4f} ms  network estimate ({how})")
+    return 0
+
+
+def run(args) -> int:
     from hwnas.latency.catalogue import space_op_configs
     from hwnas.latency.predictor import estimate
 
+    if args.genotype:
+        return _network(args)
     configs = [OpConfig.from_key(key) for key in args.key]
     if args.space:
-        size = args.input_size or DEFAULT_INPUT_SIZE.get(args.space)
-        if size is None:
-            raise HwnasError(f"--input-size is needed for space {args.space!r}")
-        cfg = SearchConfig(
-            space=args.space, width_mult=args.width_mult, init_channels=args.init_channels, layers=args.layers
-        )
-        configs += space_op_configs(args.space, size, cfg)
+        configs += space_op_configs(args.space, _input_size(args, args.space), _shape(args, args.space))
     if not configs:
-        raise HwnasError("nothing to predict: give --key KEY or --space SPACE")
+        raise HwnasError("nothing to predict: give --key KEY, --space SPACE or --genotype GENOTYPE")
     results = estimate(_tables(args.table, args.space), configs)
     if args.missing_only:
         results = [r for r in results if not r[2]]

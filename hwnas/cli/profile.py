@@ -1,11 +1,16 @@
-"""`hwnas profile`: measure every op configuration of a space on a device into a latency table.
+"""`hwnas profile`: measure every op configuration of a space on a device into a latency table, and optionally
+calibrate the table's per-network correction on whole architectures (`--calibrate N`).
 
-Resumable: entries already in --out are kept and skipped; the table is rewritten atomically after each entry.
+Several devices of one model (`--serial A --serial B`, or several GPUs) measure in parallel, one thread each,
+into one table (`hwnas.profilers.shard`). Resumable: entries already in --out are kept and skipped; the table is
+rewritten atomically after each entry, so a device that fails mid-profile loses nothing it measured, and a
+re-run measures what is left. Calibration measurements wait in `<out>.calibration.json` until the fit.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import shlex
@@ -14,6 +19,14 @@ from pathlib import Path
 
 from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
+from hwnas.latency.calibration import (
+    CalibrationNetwork,
+    calibration_networks,
+    calibration_path,
+    fit_network_correction,
+    load_measurements,
+    save_measurements,
+)
 from hwnas.latency.catalogue import space_op_configs
 from hwnas.latency.table import LatencyTable, TableEntry, TableMetadata
 from hwnas.ops.opconfig import OpConfig
@@ -51,74 +64,159 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "thread", "wall"),
         help="host timer: thread CPU time (default at 1 thread; immune to other processes) or wall",
     )
+    parser.add_argument(
+        "--calibrate",
+        type=int,
+        metavar="N",
+        help="after the ops, measure N random whole architectures end to end and store the table's per-network "
+        "correction a·sum+b (50 or more; skipped when the table already has one fitted on >= N)",
+    )
     parser.add_argument("--out", help="table file (default: <user table dir>/<name>_<space>_<size>.json)")
     parser.add_argument("--name", help="target name the table answers to (default: the device)")
     android = parser.add_argument_group("android")
-    android.add_argument("--serial", help="adb serial of the phone")
+    android.add_argument(
+        "--serial", action="append", help="adb serial of the phone; repeat to measure on several phones of one model"
+    )
     android.add_argument("--binary", help="benchmark_model binary for the phone (android_aarch64 build)")
     android.add_argument("--delegate", default="xnnpack", choices=("cpu", "xnnpack", "gpu", "nnapi"))
     android.add_argument("--cpu-mask", help="taskset mask, e.g. f0 for the big cores")
     android.add_argument("--op-profiling", action="store_true", help="benchmark_model --enable_op_profiling")
+    gpu = parser.add_argument_group("gpu")
+    gpu.add_argument("--gpu-ids", help="comma-separated CUDA device indices, one model (default: all visible)")
 
 
-def _profiler_options(args, cache_dir: Path | None = None) -> dict:
-    """get_profiler keyword arguments (picklable, for rounds run in fresh processes)."""
+def _gpu_ids(text: str | None) -> list[int]:
+    if text is None:
+        import torch
+
+        return list(range(torch.cuda.device_count())) or [0]  # [0]: the profiler says what is missing
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise HwnasError(f"--gpu-ids must be comma-separated integers such as 0,1, got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise HwnasError(f"--gpu-ids must be >= 0, got {text!r}")
+    return ids
+
+
+def _device_options(args, cache_dir: Path | None = None) -> list[dict]:
+    """get_profiler keyword arguments, one dict per device (picklable, for rounds run in fresh processes)."""
     from hwnas.profilers import PROFILERS, ExportingProfiler, Protocol
 
+    if args.serial and args.device != "android":
+        raise HwnasError("--serial applies to --device android")
+    if args.gpu_ids is not None and args.device != "gpu":
+        raise HwnasError("--gpu-ids applies to --device gpu")
     protocol = Protocol(warmup_runs=args.warmup, runs=args.runs, clock=args.clock)
     options = {"device": args.device, "threads": args.threads, "batch": args.batch, "protocol": protocol}
-    if args.device == "android":
-        options.update(
-            serial=args.serial,
-            binary=args.binary,
-            delegate=args.delegate,
-            cpu_mask=args.cpu_mask,
-            op_profiling=args.op_profiling,
-        )
     if cache_dir is not None and issubclass(PROFILERS.get(args.device), ExportingProfiler):
         options["cache_dir"] = str(cache_dir)
-    return options
+    if args.device == "android":
+        options.update(binary=args.binary, delegate=args.delegate, cpu_mask=args.cpu_mask,
+                       op_profiling=args.op_profiling)  # fmt: skip
+        per_device = [{"serial": serial} for serial in args.serial or [None]]
+    elif args.device == "gpu":
+        per_device = [{"gpu_index": i} for i in _gpu_ids(args.gpu_ids)]
+    else:
+        per_device = [{}]
+    names = [next(iter(d.values())) for d in per_device if d]
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    if repeated:
+        raise HwnasError(f"device {', '.join(repeated)} given more than once")
+    return [{**options, **device} for device in per_device]
 
 
-def measure_round(options: dict, metadata: dict, keys: list[str], path: str, desc: str) -> None:
-    """Measure every op in `keys` that the table at `path` lacks, saving after each (one round, resumable)."""
-    from tqdm import tqdm
+def _count(details: dict, info: dict, n: int = 1) -> None:
+    """Add `n` entries measured to the device `info` in the table details' per-device list."""
+    devices = details.setdefault("devices", [])
+    for device in devices:
+        if {k: v for k, v in device.items() if k != "entries_measured"} == info:
+            device["entries_measured"] = device.get("entries_measured", 0) + n
+            return
+    devices.append({**info, "entries_measured": n})
 
-    from hwnas.profilers import get_profiler
+
+def measure_round(
+    options: list[dict],
+    metadata: dict,
+    keys: list[str],
+    networks: list[CalibrationNetwork],
+    path: str,
+    desc: str,
+) -> str | None:
+    """Measure every op in `keys` that the table at `path` lacks, then every network in `networks` that
+    `calibration_path(path)` lacks, sharded over the devices, saving after each (one round, resumable).
+    Returns what failed, or None when everything was measured."""
+    from hwnas.profilers.shard import measure_sharded, open_devices
 
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     table = LatencyTable.load(path) if Path(path).exists() else LatencyTable(TableMetadata(**metadata), path=path)
     todo = [OpConfig.from_key(key) for key in keys if key not in table]
-    with get_profiler(**options) as profiler:
-        for op in tqdm(todo, desc=desc, unit="op", file=sys.stderr):
-            m = profiler.measure_op(op)
+    calibration = calibration_path(path)
+    measured = load_measurements(calibration)
+    network_todo = [n for n in networks if n.key not in measured]
+    with open_devices(options) as profilers:
+
+        def record_op(profiler, op: OpConfig, m: Measurement) -> None:
             table.add(op, TableEntry(m.median_ms, m.iqr_ms, m.runs))
+            _count(table.metadata.details, profiler.device_info())
             table.save()
 
+        report = measure_sharded(profilers, todo, lambda p, op: p.measure_op(op), record_op, desc)
+        if report.unmeasured:
+            first = report.unmeasured[0].key()
+            return (f"{report.describe_failures()}; {len(report.unmeasured)} op configuration(s) not measured "
+                    f"(first: {first})")  # fmt: skip
+        working = [p for p in profilers if not report.failed(p)]
 
-def measure_rounds(args, rounds: int, metadata: TableMetadata, todo: list[OpConfig], table: LatencyTable) -> None:
+        def record_network(_profiler, network: CalibrationNetwork, m: Measurement) -> None:
+            measured[network.key] = TableEntry(m.median_ms, m.iqr_ms, m.runs)
+            save_measurements(calibration, measured)
+
+        def measure_network(profiler, network: CalibrationNetwork) -> Measurement:
+            return profiler.measure_model(network.key, network.build, network.input_shape(profiler.batch))
+
+        calibrated = measure_sharded(working, network_todo, measure_network, record_network, desc + " networks")
+        if calibrated.unmeasured:
+            return f"{calibrated.describe_failures()}; {len(calibrated.unmeasured)} calibration network(s) not measured"
+        failures = "; ".join(r.describe_failures() for r in (report, calibrated) if r.failures)
+        if failures:
+            log.warning("%s; the other devices measured the rest", failures)
+    return None
+
+
+def measure_rounds(args, rounds: int, metadata: TableMetadata, todo, networks, table: LatencyTable) -> dict:
     """`rounds` rounds, each in a fresh process (per-process effects such as memory placement differ
     between processes); each entry becomes the median of its rounds. Round files stay beside the table until
-    all rounds are merged, so an interrupted run resumes where it stopped."""
+    all rounds are merged, so an interrupted run resumes where it stopped. Returns the networks' measurements
+    (median of the rounds)."""
     import multiprocessing
     import shutil
     from concurrent.futures import ProcessPoolExecutor
 
     rounds_dir = table.path.with_name(table.path.name + ".rounds")
-    options = _profiler_options(args, rounds_dir / "models")
+    options = _device_options(args, rounds_dir / "models")
     keys = [op.key() for op in todo]
     for r in range(rounds):
         path = rounds_dir / f"round{r + 1}.json"
         desc = f"profile {args.device} round {r + 1}/{rounds}"
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
-            fresh.submit(measure_round, options, vars(metadata), keys, str(path), desc).result()
-    tables = [LatencyTable.load(rounds_dir / f"round{r + 1}.json") for r in range(rounds)]
+            failure = fresh.submit(measure_round, options, vars(metadata), keys, networks, str(path), desc).result()
+        if failure:
+            raise HwnasError(f"round {r + 1}: {failure}; re-run the same command to measure the rest")
+    tables = [LatencyTable.load(rounds_dir / f"round{r + 1}.json") for r in range(rounds)] if todo else []
     for op in todo:
-        entries = [t.entries[op.key()] for t in tables]
-        table.add(op, combine_rounds([Measurement(e.median_ms, e.iqr_ms or 0.0, e.runs) for e in entries]))
+        table.add(op, combine_rounds([t.entries[op.key()] for t in tables]))
+    for t in tables:
+        for device in t.metadata.details.get("devices", []):
+            info = {k: v for k, v in device.items() if k != "entries_measured"}
+            _count(table.metadata.details, info, device["entries_measured"])
     table.save()
+    per_round = [load_measurements(calibration_path(rounds_dir / f"round{r + 1}.json")) for r in range(rounds)]
+    measured = {n.key: combine_rounds([m[n.key] for m in per_round]) for n in networks}
     shutil.rmtree(rounds_dir)
+    return measured
 
 
 def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
@@ -139,21 +237,41 @@ def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
         )
 
 
-def combine_rounds(measurements) -> TableEntry:
-    """Median of the rounds' medians, median of their IQRs, all their runs."""
+def combine_rounds(measurements: list[Measurement | TableEntry]) -> TableEntry:
+    """Median of the rounds' medians, median of their IQRs (unknown counts as 0), all their runs."""
     import numpy as np
 
     return TableEntry(
         float(np.median([m.median_ms for m in measurements])),
-        float(np.median([m.iqr_ms for m in measurements])),
+        float(np.median([m.iqr_ms or 0.0 for m in measurements])),
         sum(m.runs for m in measurements),
     )
+
+
+def _networks_to_calibrate(args, table: LatencyTable, cfg: SearchConfig, input_size: int) -> list:
+    if args.calibrate is None:
+        return []
+    correction = table.metadata.network_correction
+    if correction is not None and correction.architectures >= args.calibrate:
+        log.info("%s already has a network correction fitted on %d architectures", table.path,
+                 correction.architectures)  # fmt: skip
+        return []
+    return calibration_networks(args.space, cfg, input_size, args.calibrate)
+
+
+def _store_correction(table: LatencyTable, networks: list[CalibrationNetwork], measured: dict) -> str:
+    sums = [table.sum_ms(n.layers()) for n in networks]
+    correction = fit_network_correction(sums, [measured[n.key].median_ms for n in networks])
+    table.metadata = dataclasses.replace(table.metadata, network_correction=correction)
+    table.save()
+    return (f"network correction a={correction.a:.4f}, b={correction.b_ms:.4f} ms on {correction.architectures} "
+            f"architectures (RMSE {correction.rmse_ms:.3f} ms)")  # fmt: skip
 
 
 def run(args) -> int:
     from hwnas.latency.predictor import MIN_ENTRIES, LatencyPredictor, predictor_path
     from hwnas.latency.targets import default_table_path
-    from hwnas.profilers import get_profiler
+    from hwnas.profilers.shard import open_devices
 
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -177,20 +295,21 @@ def run(args) -> int:
     rounds = args.rounds or (1 if args.device == "android" else 3)
     if rounds < 1:
         raise HwnasError(f"--rounds must be >= 1, got {rounds}")
-    options = _profiler_options(args)
-    with get_profiler(**options) as profiler:
+    options = _device_options(args)
+    with open_devices(options) as profilers:
+        first = profilers[0]
         metadata = TableMetadata(
             target=name,
-            device=profiler.device_name(),
-            runtime=profiler.runtime,
-            runtime_version=profiler.runtime_version,
+            device=first.device_name(),
+            runtime=first.runtime,
+            runtime_version=first.runtime_version,
             threads=args.threads,
             space=space,
             input_size=input_size,
             source="hwnas " + shlex.join(sys.argv[1:]),
             date=datetime.date.today().isoformat(),
             batch=args.batch,
-            details={**profiler.metadata(), "rounds": rounds},
+            details={**first.metadata(), "rounds": rounds},
         )
         if Path(out).exists():
             table = LatencyTable.load(out, space, input_size)
@@ -198,20 +317,23 @@ def run(args) -> int:
         else:
             table = LatencyTable(metadata, path=out)
         todo = table.missing(configs)
-        log.info(
-            "%s: %d op configurations, %d to measure in %d round(s), on %s",
-            out,
-            len(configs),
-            len(todo),
-            rounds,
-            metadata.device,
-        )
-    if todo and rounds == 1:
-        measure_round(options, vars(metadata), [op.key() for op in todo], str(out), f"profile {args.device}")
+        devices = ", ".join(p.label for p in profilers) if len(profilers) > 1 else metadata.device
+        log.info("%s: %d op configurations, %d to measure in %d round(s), on %s", out, len(configs), len(todo),
+                 rounds, devices)  # fmt: skip
+    networks = _networks_to_calibrate(args, table, cfg, input_size)
+    if (todo or networks) and rounds == 1:
+        failure = measure_round(options, vars(metadata), [op.key() for op in todo], networks, str(out),
+                                f"profile {args.device}")  # fmt: skip
+        if failure:
+            raise HwnasError(f"{failure}; {out} keeps what was measured: re-run the same command to measure the rest")
         table = LatencyTable.load(out)
-    elif todo:
-        measure_rounds(args, rounds, metadata, todo, table)
+        measured = load_measurements(calibration_path(out))
+    elif todo or networks:
+        measured = measure_rounds(args, rounds, metadata, todo, networks, table)
     if len(table) >= MIN_ENTRIES:
         LatencyPredictor.fit_table(table).save(predictor_path(table), table)
     print(f"{out}: {len(table)} entries ({len(todo)} measured now), space {space}, input size {input_size}")
+    if networks:
+        print(f"{out}: {_store_correction(table, networks, measured)}")
+        calibration_path(out).unlink(missing_ok=True)
     return 0

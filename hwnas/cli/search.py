@@ -4,25 +4,31 @@ budget on a named target."""
 from __future__ import annotations
 
 import argparse
+import logging
 
+from hwnas import distributed
 from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, default_run_dir, parse_latency_ms
 from hwnas.config import SearchConfig
+from hwnas.device import placement
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir
+
+log = logging.getLogger(__name__)
 
 FLAGS = {
     "space": "space", "strategy": "strategy", "epochs": "epochs", "batch_size": "batch_size",
     "init_channels": "init_channels", "layers": "layers", "steps": "steps", "primitives": "primitives",
     "seed": "seed", "unrolled": "unrolled", "pc_k": "pc_k", "fused": "fused", "w_lr": "w_lr", "a_lr": "a_lr",
-    "arch_warmup_epochs": "arch_warmup_epochs", "target": "target", "latency": "latency_ms",
+    "grad_clip": "grad_clip", "arch_warmup_epochs": "arch_warmup_epochs", "target": "target", "latency": "latency_ms",
     "latency_loss": "latency_loss", "latency_lambda": "latency_lambda", "width_mult": "width_mult",
-    "random_samples": "random_samples",
+    "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
 }  # fmt: skip
+RESUMABLE = ("epochs", "device", "sync_bn")  # a resumed run may continue longer, elsewhere
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help="darts (default) or mobile; with --target the default is mobile")
-    parser.add_argument("--strategy", help="darts (default; proxyless with --target), pcdarts, gdas, proxyless, random")
+    parser.add_argument("--strategy", help="darts (default), pcdarts, gdas, proxyless, random")
     parser.add_argument("--epochs", type=int, help="search epochs (default 8)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
     parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 8)")
@@ -36,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused", action="store_true", default=None,
                         help="memory-saving fused mixed op (recomputes ops in backward)")  # fmt: skip
     parser.add_argument("--w-lr", type=float, help="weight learning rate (default 0.025)")
-    parser.add_argument("--a-lr", type=float, help="architecture learning rate (default 3e-4 darts, 1e-3 mobile)")
+    parser.add_argument("--grad-clip", type=float, help="weight gradient clip, 0 = off (default 5 darts, off mobile)")
+    parser.add_argument("--a-lr", type=float, help="architecture learning rate (default 3e-4 darts, 3e-2 mobile)")
     parser.add_argument("--arch-warmup-epochs", type=int, help="epochs before α starts to move (default 0)")
     hw = parser.add_argument_group("hardware-aware search")
     hw.add_argument("--target", help="latency table: a name (mobile, note10, cpu, onnxruntime, tflite) or a file")
@@ -46,28 +53,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--random-samples", type=int, help="random search: architectures trained (default 8)")
     add_data_arguments(parser)
     add_run_arguments(parser)
+    dist = parser.add_argument_group("distributed search (also: torchrun --nproc_per_node N -m hwnas search ...)")
+    dist.add_argument("--nproc", type=int, metavar="N",
+                      help="data-parallel search in N processes on this host (torch's elastic launcher); "
+                           "--batch-size stays the global batch")  # fmt: skip
+    dist.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
+                      help="synchronise BatchNorm statistics over the processes (SyncBatchNorm; CUDA only). "
+                           "Default: on when several processes run on CUDA")  # fmt: skip
+    dist.add_argument("--dist-timeout", type=_positive_seconds, default=distributed.DEFAULT_TIMEOUT_S,
+                      metavar="SECONDS", help="how long a process waits for the others before the job fails "
+                                              "(default %(default)g)")  # fmt: skip
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwnas.search import check_search_config, run_search
+    from hwnas.search import run_search
 
-    if args.latency is not None:
-        args.latency = parse_latency_ms(args.latency)
-    if args.resume:
-        run_dir, stored = RunDir.open(args.resume, "search")
-        cfg = build_config(SearchConfig, args, FLAGS, base=SearchConfig.from_json(stored))
-        run_dir.write_json("config.json", {"kind": "search", "config": cfg.to_json()})
-    else:
-        cfg = build_config(SearchConfig, args, FLAGS)
-        if cfg.target is not None and args.space is None:
-            cfg = cfg.replace(space="mobile")
-        if cfg.target is not None and args.strategy is None:
-            cfg = cfg.replace(strategy="proxyless")
-        if (cfg.target is None) != (cfg.latency_ms is None):
-            raise HwnasError("--target and --latency go together")
-        check_search_config(cfg)
-        run_dir = RunDir.create(args.run_dir or default_run_dir("search"), "search", cfg.to_json())
-    result = run_search(cfg, run_dir, progress=not args.no_progress)
+    if args.nproc is not None:
+        return _launch(args)
+    cfg, path = _config(args, distributed.env_world_size())
+    with distributed.session(args.dist_timeout):
+        main = distributed.is_main()
+        if not main:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the job
+        path = distributed.broadcast_object(path or default_run_dir("search"))  # one timestamp for all ranks
+        run_dir = _write_run(args, cfg, path) if main else RunDir(path, "search")
+        result = run_search(cfg, run_dir, progress=not args.no_progress)
+    if not main:
+        return 0
     final = result.summary.get("final", {})
     print(f"genotype: {run_dir.path / 'genotype.json'}")
     print(f"search: {cfg.epochs} epochs in {result.summary['wall_s']:.0f} s, "
@@ -76,4 +98,54 @@ def run(args: argparse.Namespace) -> int:
         if key in result.summary:
             print(f"{key}: {result.summary[key]:.2f}")
     print(f"run directory: {run_dir.path}")
+    return 0
+
+
+def _config(args: argparse.Namespace, processes: int) -> tuple[SearchConfig, str | None]:
+    """The search config and run directory the flags ask for, checked before anything is written."""
+    from hwnas.search import check_search_config
+
+    if args.latency is not None:
+        args.latency = parse_latency_ms(args.latency)
+    if args.resume:
+        _run, stored = RunDir.open(args.resume, "search", log_to_file=False)
+        cfg = build_config(SearchConfig, args, FLAGS, base=SearchConfig.from_json(stored), resumable=RESUMABLE)
+    else:
+        cfg = build_config(SearchConfig, args, FLAGS)
+        if cfg.target is not None and args.space is None:
+            cfg = cfg.replace(space="mobile")
+        if (cfg.target is None) != (cfg.latency_ms is None):
+            raise HwnasError("--target and --latency go together")
+        check_search_config(cfg)
+    distributed.check_batch_size(cfg.batch_size, processes)
+    # under torchrun this process's own device; for --nproc N the last process's, so that every one has a GPU
+    placement(cfg.device, cfg.sync_bn, processes, None if distributed.env_world_size() > 1 else processes - 1)
+    return cfg, args.resume or args.run_dir
+
+
+def _write_run(args: argparse.Namespace, cfg: SearchConfig, path) -> RunDir:
+    """Create the run directory (or record the resumed run's config); rank 0 or the launcher only."""
+    if args.resume:
+        run_dir, _stored = RunDir.open(path, "search")
+        run_dir.write_json("config.json", {"kind": "search", "config": cfg.to_json()})
+        return run_dir
+    return RunDir.create(path, "search", cfg.to_json())
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`--nproc N`: write the run directory here, then start N processes that continue it (`--resume`)."""
+    if distributed.env_world_size() > 1:
+        raise HwnasError("--nproc starts the processes itself; leave it out under torchrun")
+    if args.nproc < 1:
+        raise HwnasError(f"--nproc must be >= 1, got {args.nproc}")
+    cfg, path = _config(args, args.nproc)
+    run_dir = _write_run(args, cfg, path or default_run_dir("search"))
+    log.info("starting %d processes for %s", args.nproc, run_dir.path)
+    argv = ["-m", "hwnas", *(["-v"] if args.verbose else []), "search", "--resume", str(run_dir.path),
+            "--dist-timeout", str(args.dist_timeout), *(["--no-progress"] if args.no_progress else [])]  # fmt: skip
+    try:
+        distributed.launch(args.nproc, argv)
+    except HwnasError as err:
+        raise HwnasError(f"{err}; continue from the last checkpoint with: hwnas search --resume {run_dir.path} "
+                         f"--nproc {args.nproc}") from None  # fmt: skip
     return 0

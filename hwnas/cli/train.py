@@ -6,12 +6,14 @@ import argparse
 
 from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, default_run_dir
 from hwnas.config import TrainConfig
+from hwnas.device import resolve_device
+from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 
 FLAGS = {
     "genotype": "genotype", "epochs": "epochs", "batch_size": "batch_size", "init_channels": "init_channels",
     "layers": "layers", "lr": "lr", "drop_path_prob": "drop_path_prob", "auxiliary_weight": "auxiliary_weight",
-    "cutout": "cutout", "seed": "seed", "width_mult": "width_mult",
+    "cutout": "cutout", "seed": "seed", "width_mult": "width_mult", "grad_clip": "grad_clip", "device": "device",
 }  # fmt: skip
 
 
@@ -20,7 +22,7 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--genotype", help="genotype JSON file or a published name (DARTS_V1, DARTS_V2, PC_DARTS)")
     parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 16)")
     parser.add_argument("--layers", type=int, help="DARTS: cells (default 8)")
-    parser.add_argument("--width-mult", type=float, help="mobile: width multiplier (default 1.0)")
+    parser.add_argument("--width-mult", type=float, help="mobile: width multiplier (default: the genotype's)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default 30)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
     parser.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed (default 0.025)")
+    parser.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 = off (default 5 darts, off mobile)")
     parser.add_argument("--drop-path-prob", type=float, help="final drop-path probability (default 0.1)")
     parser.add_argument("--auxiliary-weight", type=float, help="> 0 adds the auxiliary head (DARTS: 0.4)")
     parser.add_argument("--cutout", type=int, help="cutout side in pixels (default 0: off)")
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir, stored = RunDir.open(args.resume, "train")
-        cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored))
+        cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored), resumable=("epochs", "device"))
+        resolve_device(cfg.device, processes=1)
         run_dir.write_json("config.json", {"kind": "train", "config": cfg.to_json()})
     else:
         cfg = build_config(TrainConfig, args, FLAGS)
@@ -48,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
         from hwnas.spaces import load_genotype
 
         cfg.validate()
+        resolve_device(cfg.device, processes=1)
         check_data(cfg.data)
-        load_genotype(cfg.genotype)  # a bad genotype fails before the run directory exists
+        genotype = load_genotype(cfg.genotype)  # a bad genotype fails before the run directory exists
+        if cfg.width_mult is not None and genotype.space != "mobile":
+            raise HwnasError(f"--width-mult shapes mobile networks; genotype {cfg.genotype} is for space "
+                             f"{genotype.space!r}")  # fmt: skip
         run_dir = RunDir.create(args.run_dir or default_run_dir("train"), "train", cfg.to_json())
     result = run_train(cfg, run_dir, progress=not args.no_progress)
     print(f"test accuracy: {result.test_acc:.4f}")

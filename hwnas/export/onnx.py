@@ -15,6 +15,7 @@ from torch import nn
 from hwnas.export.errors import conversion_error
 from hwnas.export.runner import ExportedModel
 from hwnas.profilers.base import missing_extra
+from hwnas.profilers.onnxruntime import onnx_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -52,13 +53,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic_ba
 
 class OnnxModel(ExportedModel):
     def __init__(self, path: Path, threads: int = 1):
-        ort = _import("onnxruntime")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(str(path), threads)
         self.input = self.session.get_inputs()[0]
         self.threads = threads
         self.batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None

@@ -1,5 +1,7 @@
 """Expected latency of a supernet's architecture distribution, and the latency of one architecture, from a
-target's lookup table (ProxylessNAS, Cai et al. ICLR 2019, Eq. 4: E[LAT] = Σ_blocks Σ_ops p_op · LAT(op)).
+target's lookup table (ProxylessNAS, Cai et al. ICLR 2019, Eq. 4: E[LAT] = Σ_blocks Σ_ops p_op · LAT(op)),
+through the table's per-network correction: E[a · Σ + b] = a · E[Σ] + b, still linear in the path probabilities
+(identity where the table has no correction).
 
 Latency is evaluated at the table's resolution whatever the training resolution. Keys the table lacks come
 from the predictor fitted on it; a warning names them once. `zero` (a skipped block) costs nothing.
@@ -41,22 +43,25 @@ class LatencyModel:
         self.group_ms = supernet.group_costs(self.edge_ms)
 
     def expected_ms(self, supernet: Supernet) -> torch.Tensor:
-        """E[LAT] in ms, differentiable in α."""
-        return supernet.expected_cost(self.group_ms) + self.fixed_ms
+        """E[LAT] in ms, differentiable in α: the table's network estimate of E[Σ]."""
+        return self.table.network_ms(supernet.expected_cost(self.group_ms) + self.fixed_ms)
 
     def decision_ms(self, decisions) -> float:
-        return sum(float(self.group_ms[g][row, k]) for g, row, k in decisions)
+        """The table's network estimate of the architecture these decisions make."""
+        sum_ms = self.fixed_ms + sum(float(self.group_ms[g][row, k]) for g, row, k in decisions)
+        return float(self.table.network_ms(sum_ms))
 
     def architecture_ms(self, supernet: Supernet, genotype) -> float:
-        """LAT of one derived architecture: the table sum over its layers."""
-        return self.decision_ms(supernet.decisions(genotype)) + self.fixed_ms
+        """LAT of one derived architecture: the table's network estimate from the sum over its layers."""
+        return self.decision_ms(supernet.decisions(genotype))
 
     def min_ms(self, supernet: Supernet) -> float:
-        """The fastest architecture of the space: the cheapest allowed candidate everywhere."""
-        return self.fixed_ms + self._extreme(supernet, min)
+        """The fastest architecture of the space: the cheapest allowed candidate everywhere (a > 0, so the
+        correction keeps the order)."""
+        return float(self.table.network_ms(self.fixed_ms + self._extreme(supernet, min)))
 
     def max_ms(self, supernet: Supernet) -> float:
-        return self.fixed_ms + self._extreme(supernet, max)
+        return float(self.table.network_ms(self.fixed_ms + self._extreme(supernet, max)))
 
     def _extreme(self, supernet: Supernet, pick) -> float:
         total = 0.0
@@ -75,16 +80,18 @@ class LatencyModel:
         probs = {g: p.detach().double() for g, p in supernet.probabilities().items()}
         decisions = supernet.decisions(genotype)
         changes = []
+        correction = self.table.metadata.network_correction
+        slope = correction.a if correction is not None else 1.0  # network ms per summed ms
 
         def total() -> float:
-            return self.decision_ms(decisions) + self.fixed_ms
+            return self.decision_ms(decisions)
 
         def best_move(direction: int):
             best = None
             for i, (group, row, k) in enumerate(decisions):
                 cost = self.group_ms[group][row]
                 for alt in supernet.allowed(group, row):
-                    delta = float(cost[alt] - cost[k])  # ms added (> 0) or saved (< 0)
+                    delta = slope * float(cost[alt] - cost[k])  # network ms added (> 0) or saved (< 0)
                     if delta * direction <= 0 or (direction > 0 and total() + delta > budget_ms):
                         continue
                     score = float(probs[group][row, k] - probs[group][row, alt]) / abs(delta)

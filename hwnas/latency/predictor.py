@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,24 @@ def estimate(tables: list[LatencyTable], configs: list[OpConfig]) -> list[tuple[
         )
         predicted = dict(zip((op.key() for op in lacking), predictor.predict(lacking)))
     return [(op, measured.get(op.key(), predicted.get(op.key())), op.key() in measured) for op in configs]
+
+
+@dataclass(frozen=True)
+class NetworkEstimate:
+    rows: list[tuple[OpConfig, float, bool]]  # per layer: (op, latency ms, measured?)
+    sum_ms: float  # Σ over the layers
+    latency_ms: float  # the table's network estimate: its per-network correction applied to the sum
+
+    @property
+    def predicted_layers(self) -> int:
+        return sum(not measured for _op, _ms, measured in self.rows)
+
+
+def estimate_network(
+    tables: list[LatencyTable], layers: list[OpConfig], corrected_by: LatencyTable | None
+) -> NetworkEstimate:
+    """The latency of one network from its layers: entries (or predictions, see `estimate`) summed, then the
+    per-network correction of `corrected_by` (the table for the network's space and input size; None: none)."""
+    rows = estimate(tables, layers)
+    total = float(sum(ms for _op, ms, _measured in rows))
+    return NetworkEstimate(rows, total, float(corrected_by.network_ms(total)) if corrected_by else total)

@@ -6,24 +6,32 @@ Format (version 1; documented in latency_tables/README.md)::
      "metadata": {"target": "onnxruntime", "device": "...", "runtime": "onnxruntime",
                   "runtime_version": "1.32.0",
                   "threads": 1, "batch": 1, "space": "mobile", "input_size": 224, "statistic": "median",
-                  "source": "...", "date": "2026-01-01", "details": {...}},
+                  "source": "...", "date": "2026-01-01", "details": {...},
+                  "network_correction": {"a": 1.1, "b_ms": -0.1, "architectures": 50, "fitted": "2026-01-02",
+                                         "rmse_ms": 0.2}},
      "entries": {"Conv-input:224x224x3-output:112x112x32": {"median_ms": 0.34, "iqr_ms": 0.03, "runs": 29},
                  ...}}
 
-A network's latency is estimated as the sum of its ops' entries (ProxylessNAS, Cai et al. 2019, Eq. 4:
-E[latency] = Σ_blocks Σ_ops p_op · F(op)).
+A network's latency is estimated from the sum of its ops' entries (ProxylessNAS, Cai et al. 2019, Eq. 4:
+E[latency] = Σ_blocks Σ_ops p_op · F(op)), through the table's optional per-network correction
+a · Σ + b (whole networks do not run in the sum of their ops' times), fitted on whole architectures measured end to
+end (`hwnas profile --calibrate N`); without one the estimate is the plain sum.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "hwnas-latency-table"
 VERSION = 1
@@ -53,6 +61,43 @@ class TableEntry:
 
 
 @dataclass(frozen=True)
+class NetworkCorrection:
+    """Whole-network latency ≈ a · Σ op latencies + b, least squares on relative error over `architectures`
+    networks measured end to end with the table's profiler and protocol."""
+
+    a: float
+    b_ms: float
+    architectures: int  # networks the fit saw
+    fitted: str  # ISO date
+    rmse_ms: float  # of the corrected estimate over those networks
+
+    def apply(self, sum_ms: float | torch.Tensor) -> float | torch.Tensor:
+        """a · sum_ms + b (a float, or a tensor: the map is linear, so gradients just scale by a)."""
+        return self.a * sum_ms + self.b_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> NetworkCorrection:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or set(data) != set(names):
+            raise HwnasError(f"{where}: network_correction must be an object with {', '.join(names)}, got {data!r}")
+        a, b, n, fitted, rmse = (data[name] for name in names)
+        if not _is_number(a) or not math.isfinite(a) or a <= 0:
+            raise HwnasError(f"{where}: network_correction 'a' must be a finite number > 0, got {a!r}")
+        if not _is_number(b) or not math.isfinite(b):
+            raise HwnasError(f"{where}: network_correction 'b_ms' must be a finite number, got {b!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise HwnasError(f"{where}: network_correction 'architectures' must be an integer >= 2, got {n!r}")
+        if not isinstance(fitted, str) or not _is_iso_date(fitted):
+            raise HwnasError(f"{where}: network_correction 'fitted' must be an ISO date, got {fitted!r}")
+        if not _is_number(rmse) or not math.isfinite(rmse) or rmse < 0:
+            raise HwnasError(f"{where}: network_correction 'rmse_ms' must be a finite number >= 0, got {rmse!r}")
+        return cls(float(a), float(b), n, fitted, float(rmse))
+
+
+@dataclass(frozen=True)
 class TableMetadata:
     target: str  # the name `--target` resolves: cpu, onnxruntime, tflite, mobile, note10, ...
     device: str  # the hardware, in words
@@ -66,9 +111,13 @@ class TableMetadata:
     batch: int = 1
     statistic: str = "median"  # what median_ms holds: "median" or "mean"
     details: dict[str, Any] = field(default_factory=dict)  # machine, protocol, phone, citation, ...
+    network_correction: NetworkCorrection | None = None  # None: a network's estimate is the plain sum
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.network_correction is None:
+            del data["network_correction"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> TableMetadata:
@@ -80,6 +129,8 @@ class TableMetadata:
             raise HwnasError(f"{where}: unknown metadata field(s) {', '.join(unknown)}")
         types = {"threads": int, "input_size": int, "batch": int, "details": dict}
         for name, f in known.items():
+            if name == "network_correction":
+                continue
             if name not in data:
                 if f.default is MISSING and f.default_factory is MISSING:
                     raise HwnasError(f"{where}: metadata lacks {name!r}")
@@ -95,7 +146,10 @@ class TableMetadata:
                 raise HwnasError(f"{where}: metadata {name!r} must be >= 1, got {data[name]}")
         if data.get("statistic", "median") not in ("median", "mean"):
             raise HwnasError(f"{where}: metadata 'statistic' must be 'median' or 'mean', got {data['statistic']!r}")
-        return cls(**data)
+        correction = data.get("network_correction")
+        if correction is not None:
+            correction = NetworkCorrection.from_json(correction, where)
+        return cls(**{**data, "network_correction": correction})
 
 
 class LatencyTable:
@@ -145,9 +199,15 @@ class LatencyTable:
             )
 
     def sum_ms(self, configs: list[OpConfig]) -> float:
-        """Σ latency over `configs` (a network's layers): the lookup-table estimate."""
+        """Σ latency over `configs` (a network's layers)."""
         self.require(configs)
         return sum(self.entries[op.key()].median_ms for op in configs)
+
+    def network_ms(self, sum_ms: float | torch.Tensor) -> float | torch.Tensor:
+        """The table's estimate of a whole network whose layers sum to `sum_ms` (a float or a tensor): the
+        per-network correction a · sum + b where the table has one, else the sum itself."""
+        correction = self.metadata.network_correction
+        return sum_ms if correction is None else correction.apply(sum_ms)
 
     @property
     def name(self) -> str:
@@ -226,6 +286,14 @@ class LatencyTable:
         write_json_atomic(target, self.to_json())
         self.path = target
         return target
+
+
+def _is_iso_date(text: str) -> bool:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_number(value: Any) -> bool:

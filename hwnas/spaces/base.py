@@ -33,6 +33,7 @@ class SearchSpace:
 
     name: ClassVar[str]
     primitives: ClassVar[tuple[str, ...]]
+    table_classes: ClassVar[int]  # classes of the classifier the space's latency tables are keyed with
 
     def build_supernet(self, cfg, in_channels: int, num_classes: int, **options: Any) -> Supernet:
         raise NotImplementedError
@@ -52,6 +53,13 @@ class SearchSpace:
 
     def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:
         """The layers every architecture of the space has (stem, head), at `input_size`."""
+        raise NotImplementedError
+
+    def network_op_configs(
+        self, genotype: Genotype, cfg, input_size: int, in_channels: int = 3, num_classes: int | None = None
+    ) -> list[OpConfig]:
+        """The table-keyed layers of the network `build_network(genotype, cfg, ...)` builds, in order: what its
+        table estimate sums (`num_classes` None: the tables' `table_classes`)."""
         raise NotImplementedError
 
     def check_primitives(self, primitives: tuple[str, ...] | None) -> tuple[str, ...]:

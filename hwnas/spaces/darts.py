@@ -370,11 +370,14 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+NETWORK_STEM_MULTIPLIER = 3  # stem channels per init channel of a derived network (the DARTS code's)
+
+
 class DartsNetwork(nn.Module):
     """A network of cells from a genotype; forward returns logits (and auxiliary logits when training with it)."""
 
     def __init__(self, genotype: DartsGenotype, c: int, num_classes: int, layers: int, in_channels: int = 3,
-                 auxiliary: bool = False, stem_multiplier: int = 3):  # fmt: skip
+                 auxiliary: bool = False, stem_multiplier: int = NETWORK_STEM_MULTIPLIER):  # fmt: skip
         super().__init__()
         self.drop_path_prob = 0.0
         c_curr = stem_multiplier * c
@@ -418,6 +421,7 @@ class DartsNetwork(nn.Module):
 class DartsSpace(SearchSpace):
     name = "darts"
     primitives = DARTS_PRIMITIVES
+    table_classes = 10  # CIFAR-10
 
     def build_supernet(self, cfg, in_channels: int, num_classes: int, partial_channels: int = 1,
                        edge_normalization: bool = False) -> DartsSupernet:  # fmt: skip
@@ -470,8 +474,29 @@ class DartsSpace(SearchSpace):
         hw_last = input_size
         for reduction, _hw, _c in self._cell_shapes(cfg, input_size):
             hw_last = (hw_last + 1) // 2 if reduction else hw_last
-        fixed.append(OpConfig("Logits", (hw_last, hw_last, c_p), (10,)))
+        fixed.append(OpConfig("Logits", (hw_last, hw_last, c_p), (self.table_classes,)))
         return fixed
+
+    def network_op_configs(
+        self, genotype: DartsGenotype, cfg, input_size: int, in_channels: int = 3, num_classes: int | None = None
+    ) -> list[OpConfig]:
+        """Stem ``Conv``, each cell's chosen ops, ``Logits`` of a `cfg`-shaped network (init_channels, layers).
+        The cells' 1x1 preprocessing convolutions and concatenations have no entries and are left out, as in
+        the search's latency term; a table's network correction accounts for them."""
+        c_stem = NETWORK_STEM_MULTIPLIER * cfg.init_channels
+        configs = [OpConfig("Conv", (input_size, input_size, in_channels), (input_size, input_size, c_stem))]
+        hw, c_out = input_size, c_stem
+        for reduction, _hw, c in self._cell_shapes(cfg, input_size):
+            edges, concat = (
+                (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            )
+            hw_out = (hw + 1) // 2 if reduction else hw
+            for op, src in edges:
+                stride = 2 if reduction and src < 2 else 1
+                configs.append(darts_op_config(op, hw if src < 2 else hw_out, hw_out, c, stride))
+            hw, c_out = hw_out, len(concat) * c
+        classes = num_classes if num_classes is not None else self.table_classes
+        return configs + [OpConfig("Logits", (hw, hw, c_out), (classes,))]
 
 
 def darts_op_config(op: str, hw_in: int, hw_out: int, c: int, stride: int) -> OpConfig:

@@ -152,7 +152,7 @@ class MobileSupernet(Supernet):
     def derive(self) -> MobileGenotype:
         """argmax per block (ProxylessNAS Sec. 3.2: the path with the highest probability)."""
         probs = self.probabilities()["blocks"].detach()
-        return MobileGenotype(tuple(self.primitives[int(k)] for k in probs.argmax(dim=1)), self.width_mult)
+        return MobileGenotype(tuple(self.primitives[k] for k in probs.argmax(dim=1).tolist()), self.width_mult)
 
 
 class MobileNetwork(nn.Module):
@@ -177,6 +177,7 @@ class MobileNetwork(nn.Module):
 class MobileSpace(SearchSpace):
     name = "mobile"
     primitives = MOBILE_PRIMITIVES
+    table_classes = 1000  # ImageNet, as the published ProxylessNAS table
 
     def check_primitives(self, primitives):
         primitives = super().check_primitives(primitives)
@@ -208,13 +209,18 @@ class MobileSpace(SearchSpace):
             for block in mobile_blocks(input_size, cfg.width_mult)
         ]
 
-    def fixed_op_configs(self, cfg, input_size: int, num_classes: int = 1000) -> list[OpConfig]:
-        return mobile_fixed_op_configs(input_size, cfg.width_mult, num_classes)
+    def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:
+        return mobile_fixed_op_configs(input_size, cfg.width_mult, self.table_classes)
 
-    def network_op_configs(self, genotype: MobileGenotype, input_size: int, num_classes: int = 1000):
+    def network_op_configs(
+        self, genotype: MobileGenotype, cfg, input_size: int, in_channels: int = 3, num_classes: int | None = None
+    ) -> list[OpConfig]:
+        """Stem, fixed MBConv1, the chosen MBConvs, head (the network's width is its genotype's; the stem is
+        keyed with 3 input channels, as the tables are)."""
         from hwnas.latency.catalogue import mobile_network_op_configs
 
-        return mobile_network_op_configs(genotype.blocks, input_size, genotype.width_mult, num_classes)
+        classes = num_classes if num_classes is not None else self.table_classes
+        return mobile_network_op_configs(genotype.blocks, input_size, genotype.width_mult, classes)
 
     def plot_genotype(self, genotype: MobileGenotype, path: str | Path) -> Path:
         from hwnas.plots import plot_mobile_genotype

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas import distributed
 from hwnas.config import SearchConfig
+from hwnas.device import Placement
 from hwnas.registry import Registry
 from hwnas.supernet.base import Supernet
 from hwnas.supernet.mixed import Mixing, WeightedSum
@@ -30,6 +32,11 @@ class Strategy:
     The default `step` is first-order DARTS: one α step on a val batch (Adam), then one weight step on a train
     batch (SGD with momentum, cosine lr, gradient clipping). Subclasses change how edges mix (`mixing`), what
     the α step computes (`arch_step`), or what happens after it.
+
+    Data-parallel search (`hwnas.distributed`): each rank steps on its shard of the global batch, and every
+    gradient an optimiser step or the unrolled formula uses goes through `sync_gradients` (or
+    `distributed.average_`) first, so all ranks step with the global batch's gradient and stay one model. Paths
+    are sampled from `generator`, seeded per step by (seed, step) alone, so every rank draws the same path.
     """
 
     name: ClassVar[str]
@@ -40,6 +47,7 @@ class Strategy:
         self.epoch = 0
         self.step_index = 0
         self.generator = torch.Generator()  # path sampling: seeded per step, so every rank and a resume agree
+        self.placement = Placement()  # the search's device (set by the loop): models a strategy builds go there
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def supernet_options(self) -> dict[str, Any]:
@@ -88,6 +96,11 @@ class Strategy:
         return metrics
 
     # -- the two steps -----------------------------------------------------------------------------------------
+    @staticmethod
+    def sync_gradients(params) -> None:
+        """Average the gradients of `params` over the ranks before an optimiser uses them (no-op in one process)."""
+        distributed.average_gradients(list(params))
+
     def task_loss(self, batch) -> tuple[torch.Tensor, float]:
         x, y = batch
         logits = self.supernet(x)
@@ -103,7 +116,9 @@ class Strategy:
         self.w_opt.zero_grad(set_to_none=True)
         loss, acc = self.task_loss(batch)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.supernet.weights(), self.cfg.grad_clip)
+        self.sync_gradients(self.supernet.weights())
+        if self.cfg.weight_grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.supernet.weights(), self.cfg.weight_grad_clip)
         self.w_opt.step()
         return {"train_loss": loss.item(), "train_acc": acc}
 
@@ -112,6 +127,7 @@ class Strategy:
         task, acc = self.task_loss(val_batch)
         loss = self.arch_objective(task)
         loss.backward()
+        self.sync_gradients(self.supernet.arch_parameters())
         self.a_opt.step()
         return {"val_loss": task.item(), "val_acc": acc, "arch_loss": loss.item()}
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from hwnas import distributed
 from hwnas.strategies.base import STRATEGIES, Strategy, accuracy
 
 
@@ -29,6 +30,10 @@ class Darts(Strategy):
         w' = w − ξ (m·buf + ∇_w L_train + λ_wd·w) as the weight optimiser would step (ξ = its current lr);
         the Hessian-vector product by central finite differences at w± = w ± ε ∇_{w'} L_val,
         ε = 0.01 / ‖∇_{w'} L_val‖ (DARTS Eq. 8).
+
+        Across ranks, ∇_w L_train (it sets w') and ∇_{w'} L_val (it sets ε and w±) are averaged where they are
+        computed; the result is linear in the remaining per-rank terms (∇_α L_val, the two ∇_α L_train(w±)), so it
+        is averaged once at the end.
         """
         net, cfg = self.supernet, self.cfg
         names, weights = zip(*net.named_weights())
@@ -37,6 +42,7 @@ class Darts(Strategy):
         xi = self.w_opt.param_groups[0]["lr"]
 
         train_grads = torch.autograd.grad(F.cross_entropy(net(xt), yt), weights, allow_unused=True)
+        distributed.average_([g for g in train_grads if g is not None])
         w_prime = []
         for w, g in zip(weights, train_grads):
             step = (torch.zeros_like(w) if g is None else g) + cfg.w_weight_decay * w
@@ -51,6 +57,7 @@ class Darts(Strategy):
         grads = torch.autograd.grad(loss, [*alphas, *w_prime], allow_unused=True)
         d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
         d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(w_prime, grads[len(alphas) :])]
+        distributed.average_(d_w)
 
         eps = 0.01 / torch.cat([v.flatten() for v in d_w]).norm().clamp_min(1e-12)
 
@@ -62,5 +69,6 @@ class Darts(Strategy):
 
         g_plus, g_minus = alpha_grad_at(1.0), alpha_grad_at(-1.0)
         result = [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)]
+        distributed.average_(result)
         metrics = {"val_loss": task.item(), "val_acc": accuracy(logits, yv), "arch_loss": loss.item()}
         return result, metrics

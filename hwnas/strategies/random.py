@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas import distributed
 from hwnas.spaces import get_space
 from hwnas.strategies.base import STRATEGIES, Strategy, accuracy
 
@@ -53,7 +54,7 @@ class RandomSearch(Strategy):
         for _ in range(cfg.random_samples):
             genotype = self._sample(generator)
             self.candidates.append(genotype)
-            self.models.append(space.build_network(genotype, cfg, in_channels, num_classes))
+            self.models.append(self.placement.module(space.build_network(genotype, cfg, in_channels, num_classes)))
         self.val_correct = [0] * len(self.candidates)
         self.opts = [torch.optim.SGD(m.parameters(), cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay) for m in self.models]  # fmt: skip
@@ -69,6 +70,10 @@ class RandomSearch(Strategy):
         self.val_seen = 0
 
     def end_epoch(self, epoch: int) -> None:
+        counts = torch.tensor([*self.val_correct, self.val_seen], dtype=torch.float64)
+        distributed.sum_([counts], "the val-accuracy all-reduce")  # every rank picks the same best candidate
+        totals = [int(c) for c in counts.tolist()]
+        self.val_correct, self.val_seen = totals[:-1], totals[-1]
         for sched in self.scheds:
             sched.step()
         self.best = max(range(len(self.candidates)), key=lambda i: (self.val_correct[i], -i))
@@ -82,7 +87,9 @@ class RandomSearch(Strategy):
             logits = model(xt)
             loss = F.cross_entropy(logits, yt)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+            self.sync_gradients(model.parameters())
+            if self.cfg.weight_grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.weight_grad_clip)
             opt.step()
             losses.append(loss.item())
             accs.append(accuracy(logits, yt))

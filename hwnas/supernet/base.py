@@ -71,8 +71,9 @@ class Supernet(nn.Module):
         raise NotImplementedError
 
     def group_costs(self, edge_costs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per group, (rows, N): the summed cost of each candidate over all edges that share the α row."""
-        costs = {g: torch.zeros_like(a, dtype=edge_costs.dtype) for g, a in self.alpha_groups().items()}
+        """Per group, (rows, N): the summed cost of each candidate over all edges that share the α row, on the device
+        of `edge_costs` (the CPU, where a latency table's costs are read one by one) whatever the supernet's."""
+        costs = {g: edge_costs.new_zeros(a.shape) for g, a in self.alpha_groups().items()}
         for (group, row), cost in zip(self.edge_rows(), edge_costs):
             costs[group][row] += cost
         return costs

@@ -125,7 +125,7 @@ class GumbelHard(Mixing):
         soft = F.softmax((log_p + gumbel) / self.tau, dim=-1)
         index = soft.argmax(dim=-1)
         hard = F.one_hot(index, alpha.shape[1]).to(soft.dtype) - soft.detach() + soft
-        return PathWeights(hard, [[int(i)] for i in index])
+        return PathWeights(hard, [[i] for i in index.tolist()])  # one device-to-host copy, not one per edge
 
     def combine(self, edge, x, weights, active):
         (k,) = active

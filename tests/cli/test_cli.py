@@ -6,8 +6,9 @@ import pytest
 
 from hwnas.spaces.darts import DARTS_V2
 
+# on the CPU even where there is a GPU, as tests/conftest.py's tiny configs
 TINY = ["--dataset", "fake", "--image-size", "8", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
-        "--no-progress"]  # fmt: skip
+        "--no-progress", "--device", "cpu"]  # fmt: skip
 
 
 def _one_line_error(result, *fragments):
@@ -66,6 +67,7 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["search", "--target", "mobile", "--latency", "fast"], ["malformed latency 'fast'"]),
         (["search", "--resume", "/no/such/run"], ["does not exist"]),
         (["train", "--genotype", "DARTS_V9"], ["DARTS_V9", "neither a file nor a published genotype"]),
+        (["train", "--genotype", "DARTS_V2", "--width-mult", "0.5"], ["--width-mult shapes mobile networks"]),
         (["search", "--epochs", "many"], ["--epochs", "invalid int value"]),
         (["search", "--latency-loss", "quadratic"], ["invalid choice: 'quadratic'"]),
     ],

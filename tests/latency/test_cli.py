@@ -85,6 +85,34 @@ def test_predict_errors(user_tables, capsys):
     assert main(["predict", "--table", "pixel9", "--space", "mobile"]) == 2
     assert main(["profile", "--device", "cpu", "--space", "nasbench"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "hwnas: error: nothing to predict: give --key KEY or --space SPACE"
+    assert err[0] == "hwnas: error: nothing to predict: give --key KEY, --space SPACE or --genotype GENOTYPE"
     assert "no latency table for target 'pixel9'" in err[1]
     assert "--input-size is needed for space 'nasbench'" in err[2]
+
+
+def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):
+    args = ("profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,avg_pool_3x3")
+    assert main([*args, "--rounds", "1", "--calibrate", "3"]) == 0  # ops, then 3 networks, in this process
+    path = user_tables / "cpu_darts_8.json"
+    first = LatencyTable.load(path)
+    assert first.metadata.network_correction.architectures == 3
+    assert "network correction a=" in capsys.readouterr().out
+
+    done = cli(*args, "--rounds", "2", "--calibrate", "4")  # more networks: refitted over rounds in fresh processes
+    assert done.returncode == 0, done.stderr
+    table = LatencyTable.load(path)
+    correction = table.metadata.network_correction
+    assert correction.architectures == 4 and correction.a > 0 and correction.rmse_ms >= 0
+    assert table.entries == first.entries  # only the correction changed
+    assert sorted(p.name for p in user_tables.iterdir()) == ["cpu_darts_8.json", "cpu_darts_8.predictor.pkl"]
+    assert main([*args, "--calibrate", "4"]) == 0  # already fitted on 4: nothing to measure
+    assert "network correction" not in capsys.readouterr().out
+    assert LatencyTable.load(path).metadata.network_correction == correction
+
+    capsys.readouterr()
+    assert main(["predict", "--table", str(path), "--genotype", "DARTS_V2", "--input-size", "8",
+                 "--init-channels", "4", "--layers", "3", "--json"]) == 0  # fmt: skip
+    network = json.loads(capsys.readouterr().out)
+    assert network["latency_ms"] == pytest.approx(correction.a * network["sum_ms"] + correction.b_ms)
+    assert network["sum_ms"] == pytest.approx(sum(row["latency_ms"] for row in network["layers"]))
+    assert len(network["layers"]) == 2 + 3 * 8 and network["network_correction"]["architectures"] == 4

@@ -1,14 +1,16 @@
 """The table format: round trip, validation errors, lookup and coverage."""
 
 import copy
+import dataclasses
 import json
 import math
 
 import pytest
+import torch
 
 from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import mobile_op_configs
-from hwnas.latency.table import LatencyTable, TableEntry
+from hwnas.latency.table import LatencyTable, NetworkCorrection, TableEntry
 from hwnas.ops.opconfig import OpConfig
 from tests.latency.helpers import make_table
 
@@ -77,6 +79,7 @@ def _set(data, path, value):
 
 
 FIRST = mobile_op_configs(224)[0].key()
+CORRECTION = {"a": 1.1, "b_ms": -0.2, "architectures": 50, "fitted": "2026-01-02", "rmse_ms": 0.3}
 BAD = [
     (("format",), "other", "'format' must be"),
     (("version",), 2, "version 2 is not supported"),
@@ -98,6 +101,14 @@ BAD = [
     (("entries", FIRST, "runs"), 0, "runs must be a positive integer"),
     (("entries", FIRST, "runs"), True, "runs must be a positive integer"),
     (("entries", FIRST, "extra"), 1, "must be an object with median_ms, iqr_ms and runs"),
+    (("metadata", "network_correction"), 1.1, "network_correction must be an object with a, b_ms, architectures"),
+    (("metadata", "network_correction"), {**CORRECTION, "c": 1}, "network_correction must be an object with"),
+    (("metadata", "network_correction"), {**CORRECTION, "a": 0.0}, "'a' must be a finite number > 0"),
+    (("metadata", "network_correction"), {**CORRECTION, "a": math.inf}, "'a' must be a finite number > 0"),
+    (("metadata", "network_correction"), {**CORRECTION, "b_ms": "0"}, "'b_ms' must be a finite number"),
+    (("metadata", "network_correction"), {**CORRECTION, "architectures": 1}, "'architectures' must be an integer >= 2"),
+    (("metadata", "network_correction"), {**CORRECTION, "fitted": "yesterday"}, "'fitted' must be an ISO date"),
+    (("metadata", "network_correction"), {**CORRECTION, "rmse_ms": -1}, "'rmse_ms' must be a finite number >= 0"),
 ]
 
 
@@ -122,3 +133,16 @@ def test_null_spread_and_unknown_threads_are_allowed(table_json):
 def test_save_without_path():
     with pytest.raises(HwnasError, match="no path"):
         make_table(CONFIGS).save()
+
+
+def test_network_correction_round_trip_and_estimate(tmp_path):
+    table = make_table(CONFIGS)
+    assert "network_correction" not in table.to_json()["metadata"]  # absent: the estimate is the plain sum
+    assert table.network_ms(4.0) == 4.0
+    table.metadata = dataclasses.replace(table.metadata, network_correction=NetworkCorrection(**CORRECTION))
+    loaded = LatencyTable.load(table.save(tmp_path / "t.json"))
+    assert loaded.metadata == table.metadata and loaded.to_json()["metadata"]["network_correction"] == CORRECTION
+    assert loaded.network_ms(4.0) == pytest.approx(1.1 * 4.0 - 0.2)
+    total = torch.tensor(4.0, requires_grad=True)
+    (grad,) = torch.autograd.grad(loaded.network_ms(total), total)
+    assert float(grad) == pytest.approx(1.1)

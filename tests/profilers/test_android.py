@@ -1,54 +1,9 @@
-"""The Android profiler against a fake `adb` on PATH: commands, parsing, clean-up and device errors."""
-
-import json
-import os
-import stat
-import sys
-from pathlib import Path
+"""The Android profiler against a fake `adb` on PATH (conftest.py): commands, parsing, clean-up, device errors."""
 
 import pytest
 
 from hwnas.errors import HwnasError
 from hwnas.profilers.android import AndroidProfiler, benchmark_command, parse_devices
-
-DATA = Path(__file__).parent / "data"
-FAKE_ADB = """#!{python}
-import json, os, sys
-args = sys.argv[1:]
-with open(os.environ["FAKE_ADB_LOG"], "a") as f:
-    f.write(json.dumps(args) + "\\n")
-if args[:1] == ["-s"]:
-    args = args[2:]
-if args[0] == "devices":
-    print("List of devices attached")
-    print(os.environ.get("FAKE_ADB_DEVICES", "").replace(";", "\\n"))
-elif args[0] == "shell" and "--graph=" in args[1]:
-    print(open(os.environ["FAKE_ADB_OUTPUT"]).read())
-elif args[:2] == ["shell", "getprop"]:
-    props = {{"ro.product.model": "Pixel 7", "ro.build.version.release": "14", "ro.board.platform": "gs201"}}
-    print(props[args[2]])
-"""
-
-
-@pytest.fixture
-def fake_adb(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    adb = bin_dir / "adb"
-    adb.write_text(FAKE_ADB.format(python=sys.executable))
-    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
-    log = tmp_path / "adb.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    monkeypatch.setenv("FAKE_ADB_DEVICES", "R5CT1234\tdevice")
-    monkeypatch.setenv("FAKE_ADB_OUTPUT", str(DATA / "new_info_median.txt"))
-    binary = tmp_path / "benchmark_model"
-    binary.write_bytes(b"\x7fELF fake")
-
-    def calls():
-        return [json.loads(line) for line in log.read_text().splitlines()]
-
-    return binary, calls
 
 
 def test_parse_devices():

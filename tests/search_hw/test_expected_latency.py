@@ -1,4 +1,7 @@
-"""E[LAT] (ProxylessNAS Eq. 4) against table sums and finite differences; repair; the loss forms."""
+"""E[LAT] (ProxylessNAS Eq. 4) against the table's network estimate and finite differences; repair; the loss
+forms."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -7,6 +10,7 @@ from hwnas.config import SearchConfig
 from hwnas.latency.catalogue import mobile_network_op_configs
 from hwnas.latency.expected import LatencyModel
 from hwnas.latency.loss import LatencyObjective
+from hwnas.latency.table import NetworkCorrection
 from hwnas.latency.targets import resolve_target
 from hwnas.spaces import get_space, load_genotype
 from hwnas.spaces.darts import edge_inputs
@@ -20,8 +24,18 @@ def _mobile(table, dtype=torch.float64):
     return space, cfg, net, LatencyModel(space, cfg, table, net)
 
 
-def test_expected_latency_equals_table_sum_for_one_hot_alpha(synthetic_table):
-    _space, _cfg, net, model = _mobile(synthetic_table)
+def _corrected(table, a=1.25, b_ms=0.8):
+    """`table` with a non-identity per-network correction."""
+    corrected = dataclasses.replace(
+        table.metadata, network_correction=NetworkCorrection(a, b_ms, 50, "2026-01-01", 0.1)
+    )
+    return type(table)(corrected, table.entries, table.path)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_expected_latency_equals_the_table_s_network_estimate_for_one_hot_alpha(synthetic_table, corrected):
+    table = _corrected(synthetic_table) if corrected else synthetic_table
+    _space, _cfg, net, model = _mobile(table)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         genotype = net.sample(generator)
@@ -29,14 +43,37 @@ def test_expected_latency_equals_table_sum_for_one_hot_alpha(synthetic_table):
             net.alpha.fill_(-60.0)
             for row, (_g, _r, k) in enumerate(net.decisions(genotype)):
                 net.alpha[row, k] = 60.0
-        table_sum = synthetic_table.sum_ms(mobile_network_op_configs(genotype.blocks, SIZE, WIDTH))
-        assert float(model.expected_ms(net).detach()) == pytest.approx(table_sum, rel=1e-9)
-        assert model.architecture_ms(net, genotype) == pytest.approx(table_sum, rel=1e-9)
+        table_sum = table.sum_ms(mobile_network_op_configs(genotype.blocks, SIZE, WIDTH))
+        estimate = 1.25 * table_sum + 0.8 if corrected else table_sum
+        assert table.network_ms(table_sum) == pytest.approx(estimate)
+        assert float(model.expected_ms(net).detach()) == pytest.approx(estimate, rel=1e-9)
+        assert model.architecture_ms(net, genotype) == pytest.approx(estimate, rel=1e-9)
         assert net.derive() == genotype
 
 
-def test_expected_latency_gradient_by_finite_differences(synthetic_table):
-    _space, _cfg, net, model = _mobile(synthetic_table)
+def test_a_correction_is_linear_in_e_lat_and_scales_its_gradient(synthetic_table):
+    _space, _cfg, net, plain = _mobile(synthetic_table)
+    corrected = LatencyModel(get_space("mobile"), mobile_config(), _corrected(synthetic_table), net)
+    with torch.no_grad():
+        net.alpha.normal_(generator=torch.Generator().manual_seed(3))
+    assert float(corrected.expected_ms(net).detach()) == pytest.approx(
+        1.25 * float(plain.expected_ms(net).detach()) + 0.8
+    )
+    (grad,) = torch.autograd.grad(corrected.expected_ms(net), net.alpha)
+    (plain_grad,) = torch.autograd.grad(plain.expected_ms(net), net.alpha)
+    assert torch.allclose(grad, 1.25 * plain_grad)
+    assert corrected.min_ms(net) == pytest.approx(1.25 * plain.min_ms(net) + 0.8)
+    assert corrected.max_ms(net) == pytest.approx(1.25 * plain.max_ms(net) + 0.8)
+    budget = corrected.min_ms(net) + 0.5 * (corrected.max_ms(net) - corrected.min_ms(net))
+    genotype, changes = corrected.repair(net, net.derive(), budget)
+    assert 0.9 * budget <= corrected.architecture_ms(net, genotype) <= budget
+    before = corrected.architecture_ms(net, net.derive())
+    assert before + sum(c["delta_ms"] for c in changes) == pytest.approx(corrected.architecture_ms(net, genotype))
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_expected_latency_gradient_by_finite_differences(synthetic_table, corrected):
+    _space, _cfg, net, model = _mobile(_corrected(synthetic_table) if corrected else synthetic_table)
     with torch.no_grad():
         net.alpha.normal_(generator=torch.Generator().manual_seed(1))
     (grad,) = torch.autograd.grad(model.expected_ms(net), net.alpha)

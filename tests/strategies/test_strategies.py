@@ -2,6 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hwnas.config import grad_clip_for
+from hwnas.errors import HwnasError
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
 from tests.conftest import tiny_search_config
@@ -123,3 +125,30 @@ def test_pcdarts_uses_partial_channels_and_edge_normalisation():
     assert all(e.partial_channels == 4 for e in net.edges())
     strategy.step(_batch(), _batch(seed=1))
     assert net.beta_normal.grad is not None and net.beta_normal.grad.abs().sum() > 0
+
+
+def _weight_grad_norm(space: str, grad_clip: float | None) -> float:
+    changes = {"width_mult": 0.35} if space == "mobile" else {}
+    cfg = tiny_search_config(space=space, strategy="darts", grad_clip=grad_clip, w_lr=0.0, **changes)
+    torch.manual_seed(0)
+    strategy = STRATEGIES.get("darts")(cfg)
+    net = get_space(space).build_supernet(cfg, 3, 4)
+    strategy.prepare(net)
+    strategy.weight_step(_batch(16))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.weights() if p.grad is not None])))
+
+
+@pytest.mark.parametrize("space", ["darts", "mobile"])
+def test_weight_step_clips_gradients_by_the_flag(space):
+    raw = _weight_grad_norm(space, 0.0)  # 0: off
+    assert _weight_grad_norm(space, raw / 2) == pytest.approx(raw / 2, rel=1e-4)
+    assert _weight_grad_norm(space, 2 * raw) == pytest.approx(raw, rel=1e-6)
+
+
+def test_grad_clip_defaults_per_space():
+    """5 on DARTS (its reference code), off on the mobile space (ProxylessNAS trains unclipped)."""
+    assert grad_clip_for("darts", None) == 5.0 and grad_clip_for("mobile", None) is None
+    assert grad_clip_for("mobile", 2.5) == 2.5 and grad_clip_for("darts", 0.0) is None
+    assert tiny_search_config(space="mobile").weight_grad_clip is None
+    with pytest.raises(HwnasError, match="grad clip must be >= 0"):
+        tiny_search_config(grad_clip=-1.0).validate()

@@ -1,0 +1,130 @@
+"""Test harness around `hwnas search`, run directly (one process) or under torchrun (several).
+
+    python tests/distributed/worker.py OUT [--isolate-bn] [--stall RANK EPOCH] -- SEARCH_ARGS [-- SEARCH_ARGS ...]
+
+Joins the process group once, then runs `hwnas search SEARCH_ARGS` for each group of arguments and records, per
+rank, into OUT:
+
+- `rank{r}-run{i}.pt`: the gradients every optimiser step of run i used (a global optimiser step pre-hook, so
+  after the all-reduce and the clipping) and the final supernet weights and α of rank r;
+- `rank{r}-writes.json`: every file rank r opened for writing, created, renamed or removed below OUT's parent
+  other than in OUT (only rank 0 may write the run directory).
+
+`--isolate-bn` makes every BatchNorm normalise by its running statistics (mean 0, variance 1, never updated)
+instead of the batch's, so a shard and the whole batch are normalised alike; `--stall RANK EPOCH` makes rank RANK
+sleep at the first step of EPOCH (0-based), as a process that hangs without dying.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from hwnas import distributed  # noqa: E402
+from hwnas.cli import main  # noqa: E402
+from hwnas.strategies.base import Strategy  # noqa: E402
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def _fixed_statistics(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def _audit_writes(watched: Path, out: Path, writes: list[str]) -> None:
+    def hook(event: str, args) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & _WRITE_FLAGS)
+        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir"):
+            path, writing = args[1] if event == "os.rename" else args[0], True
+        else:
+            return
+        if not writing or path is None or isinstance(path, int):
+            return
+        target = Path(os.path.abspath(os.fsdecode(path)))
+        if target.is_relative_to(watched) and not target.is_relative_to(out):
+            writes.append(f"{event} {target}")
+
+    sys.addaudithook(hook)
+
+
+def _stall_at(rank: int, epoch: int) -> None:
+    step = Strategy.step
+
+    def stalling_step(self, train_batch, val_batch):
+        if distributed.rank() == rank and self.epoch == epoch:
+            time.sleep(3600)
+        return step(self, train_batch, val_batch)
+
+    Strategy.step = stalling_step
+
+
+def _record(records: list[torch.Tensor], supernets: list) -> None:
+    """Every optimiser step's gradients into `records`, every supernet a strategy prepares into `supernets`."""
+
+    def hook(optimizer, args, kwargs) -> None:
+        grads = [p.grad.reshape(-1) for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        records.append(torch.cat(grads).clone() if grads else torch.zeros(0))
+
+    register_optimizer_step_pre_hook(hook)
+    prepare = Strategy.prepare
+
+    def remembering_prepare(self, supernet) -> None:
+        supernets.append(supernet)
+        prepare(self, supernet)
+
+    Strategy.prepare = remembering_prepare
+
+
+def run(argv: list[str]) -> int:
+    groups: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == "--":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--isolate-bn", action="store_true")
+    parser.add_argument("--stall", type=int, nargs=2, metavar=("RANK", "EPOCH"))
+    parser.add_argument("--timeout", type=float, default=60.0, help="--dist-timeout of the searches")
+    args = parser.parse_args(groups[0])
+    out = args.out.resolve()
+    if args.isolate_bn:
+        _BatchNorm.forward = _fixed_statistics
+    if args.stall:
+        _stall_at(*args.stall)
+    records: list[torch.Tensor] = []
+    supernets: list = []
+    _record(records, supernets)
+    writes: list[str] = []
+    _audit_writes(out.parent, out, writes)
+    code = 0
+    with distributed.session(args.timeout):
+        rank = distributed.rank()
+        for i, search in enumerate(groups[1:]):
+            records.clear()
+            code = main(["search", *search, "--dist-timeout", str(args.timeout)]) or code
+            final = {k: v.detach().clone() for k, v in supernets[-1].state_dict().items()}
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({"grads": list(records), "final": final}, out / f"rank{rank}-run{i}.pt")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}-writes.json").write_text(json.dumps(writes))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,55 @@
+"""The per-network correction: the fit, and the architectures it is measured on."""
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.config import SearchConfig
+from hwnas.errors import HwnasError
+from hwnas.latency.calibration import calibration_networks, fit_network_correction
+from hwnas.latency.catalogue import space_op_configs
+
+DARTS = SearchConfig(init_channels=4, layers=3, primitives=("skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
+
+
+def test_fit_recovers_a_linear_relation():
+    sums = np.linspace(5.0, 20.0, 12)
+    correction = fit_network_correction(sums, 1.15 * sums + 0.4, fitted="2026-01-01")
+    assert correction.a == pytest.approx(1.15) and correction.b_ms == pytest.approx(0.4)
+    assert correction.architectures == 12 and correction.fitted == "2026-01-01" and correction.rmse_ms < 1e-9
+    noisy = 1.15 * sums + 0.4 + np.random.default_rng(0).normal(0, 0.1, sums.size)
+    assert 0.05 < fit_network_correction(sums, noisy).rmse_ms < 0.2
+
+
+@pytest.mark.parametrize(
+    ("sums", "measured", "message"),
+    [
+        ([1.0, 2.0], [1.0, 2.0], "at least 3"),
+        ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], "different sums"),
+        ([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], "slope"),
+    ],
+)
+def test_fit_errors(sums, measured, message):
+    with pytest.raises(HwnasError, match=message):
+        fit_network_correction(sums, measured)
+
+
+def test_calibration_networks_are_distinct_seeded_and_in_the_table_s_keys():
+    networks = calibration_networks("darts", DARTS, 8, 6)
+    assert len({n.key for n in networks}) == 6
+    assert [n.key for n in calibration_networks("darts", DARTS, 8, 4)] == [n.key for n in networks[:4]]
+    keys = {op.key() for op in space_op_configs("darts", 8, DARTS)}
+    for network in networks[:2]:
+        assert {op.key() for op in network.layers()} <= keys
+        with torch.no_grad():
+            assert network.build()(torch.zeros(network.input_shape())).shape == (1, 10)  # the tables' classes
+    with pytest.raises(HwnasError, match="at least 3"):
+        calibration_networks("darts", DARTS, 8, 2)
+
+
+def test_mobile_calibration_networks_sum_the_mobile_catalogue():
+    cfg = SearchConfig(space="mobile", width_mult=0.35)
+    network = calibration_networks("mobile", cfg, 32, 3)[0]
+    assert {op.key() for op in network.layers()} <= {op.key() for op in space_op_configs("mobile", 32, cfg)}
+    with torch.no_grad():
+        assert network.build()(torch.zeros(network.input_shape())).shape == (1, 1000)
