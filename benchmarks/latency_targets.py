@@ -133,7 +133,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", default=["mobile", "onnxruntime", "tflite"])
-    parser.add_argument("--strategy", default="proxyless")
+    parser.add_argument("--strategy", default="darts", help="searched strategy (default darts, as hwnas search)")
     parser.add_argument("--epochs", type=int, default=3, help="search epochs")
     parser.add_argument("--train-epochs", type=int, default=3, help="proxy training epochs")
     parser.add_argument("--random-samples", type=int, default=4)
