@@ -212,9 +212,9 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                sampler=None, pin_memory: bool = False) -> DataLoader:  # fmt: skip
+                pin_memory: bool = False) -> DataLoader:  # fmt: skip
     """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned as in
     `shard_loader`)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch) if shuffle and sampler is None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      generator=generator, num_workers=0, drop_last=False, pin_memory=pin_memory)  # fmt: skip
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0,
+                      drop_last=False, pin_memory=pin_memory)  # fmt: skip

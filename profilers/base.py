@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import threading
 from collections.abc import Callable
@@ -144,3 +145,11 @@ def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 def missing_extra(package: str, err: ImportError) -> HwnasError:
     return HwnasError(f'{package} is not installed ({err}); install the export extra: pip install "hwnas[export]"')
+
+
+def import_extra(module: str, package: str):
+    """`import module`, or the one-line error naming `package` and the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise missing_extra(package, err) from None

@@ -14,27 +14,20 @@ import logging
 import numpy as np
 from torch import nn
 
-from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, missing_extra
+from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra
 
 log = logging.getLogger(__name__)
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise missing_extra("onnxruntime", err) from None
-    return onnxruntime
+    return import_extra("onnxruntime", "onnxruntime")
 
 
 def export_onnx(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     """The ONNX model (serialised) of `module` in eval mode on an input of NCHW `shape`."""
     import torch
 
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
-    except ImportError as err:
-        raise missing_extra("onnxscript", err) from None
+    import_extra("onnxscript", "onnxscript")  # the dynamo exporter needs it
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports progress on stdout
         program = torch.onnx.export(module.eval(), (example_input(shape),), dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()

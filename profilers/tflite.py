@@ -14,31 +14,26 @@ import io
 import numpy as np
 from torch import nn
 
-from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, missing_extra
+from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra
 
 
-def _litert_torch():
-    try:
-        import litert_torch
-    except ImportError as err:
-        raise missing_extra("litert-torch", err) from None
+def litert_torch_module():
+    """The litert-torch converter, its progress bar off (shared with `hwnas.export.tflite`)."""
+    litert_torch = import_extra("litert_torch", "litert-torch")
     litert_torch.config.show_progress = False
     return litert_torch
 
 
-def _interpreter_module():
-    try:
-        from ai_edge_litert import interpreter
-    except ImportError as err:
-        raise missing_extra("ai-edge-litert", err) from None
-    return interpreter
+def interpreter_module():
+    """`ai_edge_litert.interpreter`, the LiteRT interpreter (shared with `hwnas.export.tflite`)."""
+    return import_extra("ai_edge_litert.interpreter", "ai-edge-litert")
 
 
 def convert_tflite(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     """The .tflite flatbuffer of `module` (eval mode), taking and (for 4-D outputs) returning NHWC tensors."""
     import torch
 
-    litert_torch = _litert_torch()
+    litert_torch = litert_torch_module()
     module = module.eval()
     with torch.no_grad():
         out_ndim = module(example_input(shape)).dim()
@@ -57,15 +52,15 @@ class TfliteProfiler(ExportingProfiler):
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
 
-        _interpreter_module()
+        interpreter_module()
         return {"ai-edge-litert": version("ai-edge-litert"), "litert-torch": version("litert-torch")}
 
     def export(self, module: nn.Module, shape: tuple[int, ...]) -> bytes:
-        _interpreter_module()
+        interpreter_module()
         return convert_tflite(module, shape)
 
     def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
-        interpreter = _interpreter_module().Interpreter(model_content=model, num_threads=self.threads)
+        interpreter = interpreter_module().Interpreter(model_content=model, num_threads=self.threads)
         interpreter.allocate_tensors()
         detail = interpreter.get_input_details()[0]
         b, c, h, w = shape

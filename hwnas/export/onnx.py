@@ -14,24 +14,17 @@ from torch import nn
 
 from hwnas.export.errors import conversion_error
 from hwnas.export.runner import ExportedModel
-from hwnas.profilers.base import missing_extra
+from hwnas.profilers.base import import_extra
 from hwnas.profilers.onnxruntime import onnx_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def _import(name: str):
-    try:
-        return __import__(name)
-    except ImportError as err:
-        raise missing_extra(name, err) from None
-
-
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> str:
     """Write `module` (eval mode) traced on `example` to `path`, weights inline (external data only past
     ONNX's 2 GB limit); returns the opset, e.g. ``opset 20``. A dynamic batch needs an example batch >= 2."""
-    onnx = _import("onnx")
-    _import("onnxscript")  # the dynamo exporter's ONNX builder
+    onnx = import_extra("onnx", "onnx")
+    import_extra("onnxscript", "onnxscript")  # the dynamo exporter's ONNX builder
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports progress on stdout

@@ -31,17 +31,9 @@ from torch import nn
 from hwnas.export.errors import conversion_error
 from hwnas.export.runner import ExportedModel
 from hwnas.profilers.base import missing_extra
+from hwnas.profilers.tflite import interpreter_module, litert_torch_module
 
 log = logging.getLogger(__name__)
-
-
-def _litert_torch():
-    try:
-        import litert_torch
-    except ImportError as err:
-        raise missing_extra("litert-torch", err) from None
-    litert_torch.config.show_progress = False
-    return litert_torch
 
 
 def _quantizer():
@@ -69,7 +61,7 @@ def _quiet():
 
 def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
     """The float32 .tflite flatbuffer of `module` (eval mode) traced on `example` (its batch is fixed)."""
-    litert_torch = _litert_torch()
+    litert_torch = litert_torch_module()
     try:
         with _quiet():
             return bytes(litert_torch.convert(module.eval(), (example,)).model_content())
@@ -114,24 +106,16 @@ def _extreme_ranges(aeq, flatbuffer: bytes, calibration: Iterable[np.ndarray]) -
 
 def _signature_input(flatbuffer: bytes) -> tuple[str, str]:
     """(signature key, input name) of a single-input model."""
-    interpreter = _interpreter_class()(model_content=flatbuffer)
+    interpreter = interpreter_module().Interpreter(model_content=flatbuffer)
     signature, io_names = next(iter(interpreter.get_signature_list().items()))
     return signature, io_names["inputs"][0]
-
-
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as err:
-        raise missing_extra("ai-edge-litert", err) from None
-    return Interpreter
 
 
 class TfliteModel(ExportedModel):
     """The LiteRT interpreter with its default op resolver (XNNPACK), as the `tflite` profiler times ops."""
 
     def __init__(self, flatbuffer: bytes, threads: int = 1):
-        self.interpreter = _interpreter_class()(model_content=flatbuffer, num_threads=threads)
+        self.interpreter = interpreter_module().Interpreter(model_content=flatbuffer, num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
