@@ -171,6 +171,8 @@ def run_search(
         genotype = _within_budget(cfg, latency, supernet, genotype, summary)
     summary["genotype"] = genotype.to_json()
     if main:
+        if latency is not None:
+            summary.update(_measured_on_host(cfg, latency, genotype, summary["predicted_latency_ms"]))
         genotype.save(run.path / "genotype.json")
         run.write_json("summary.json", summary)
         _plots(run, genotype, alpha_history, supernet)
@@ -199,6 +201,34 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
     log.info("derived architecture: %.2f ms on %s (budget %.2f ms)", summary["predicted_latency_ms"], cfg.target,
              cfg.latency_ms)  # fmt: skip
     return genotype
+
+
+HOST_TARGETS = ("cpu", "onnxruntime", "tflite", "gpu")  # tables whose profiler can time a network on this machine
+
+
+def _measured_on_host(cfg: SearchConfig, latency, genotype, predicted_ms: float) -> dict[str, Any]:
+    """For a table measured by a host profiler: the derived network timed end to end by that profiler (the
+    table's batch, threads and input size; built as the table's calibration networks are).
+    A measurement that cannot run here is a warning: it must not fail a finished search."""
+    from hwnas.latency.calibration import CalibrationNetwork
+    from hwnas.profilers import get_profiler
+
+    meta = latency.table.metadata
+    if meta.target not in HOST_TARGETS:
+        return {}
+    network = CalibrationNetwork(cfg.space, genotype.to_json(), cfg.to_json(), latency.input_size)
+    try:
+        with get_profiler(meta.target, threads=meta.threads or 1, batch=meta.batch) as profiler:
+            here = profiler.device_name()
+            measured = profiler.measure_model(network.key, network.build, network.input_shape(meta.batch)).median_ms
+    except (HwnasError, ImportError, RuntimeError) as err:
+        log.warning("could not time the derived network on %s: %s", meta.target, str(err).splitlines()[0])
+        return {"measured_latency_ms": None}
+    if here != meta.device:
+        log.warning("the %s table was measured on %s; this machine is %s", meta.target, meta.device, here)
+    log.info("derived architecture measured on %s: %.2f ms (the table predicts %.2f ms)", meta.target, measured,
+             predicted_ms)  # fmt: skip
+    return {"measured_latency_ms": measured, "measured_on": here}
 
 
 def _group_labels(supernet) -> dict[str, list[str]]:

@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the ops, measure N random whole architectures end to end and store the table's per-network "
         "correction a·sum+b (50 or more; skipped when the table already has one fitted on >= N)",
     )
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --calibrate: measure the architectures again and refit even if the table has a correction "
+        "(timings drift with the machine's state: refit on the day the table's estimates matter)",
+    )
     parser.add_argument("--out", help="table file (default: <user table dir>/<name>_<space>_<size>.json)")
     parser.add_argument("--name", help="target name the table answers to (default: the device)")
     android = parser.add_argument_group("android")
@@ -252,7 +258,7 @@ def _networks_to_calibrate(args, table: LatencyTable, cfg: SearchConfig, input_s
     if args.calibrate is None:
         return []
     correction = table.metadata.network_correction
-    if correction is not None and correction.architectures >= args.calibrate:
+    if correction is not None and correction.architectures >= args.calibrate and not args.recalibrate:
         log.info("%s already has a network correction fitted on %d architectures", table.path,
                  correction.architectures)  # fmt: skip
         return []
@@ -275,6 +281,8 @@ def run(args) -> int:
 
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.recalibrate and args.calibrate is None:
+        raise HwnasError("--recalibrate goes with --calibrate N")
     space = args.space
     input_size = args.input_size or DEFAULT_INPUT_SIZE.get(space)
     if input_size is None:

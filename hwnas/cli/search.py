@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"genotype: {run_dir.path / 'genotype.json'}")
     print(f"search: {cfg.epochs} epochs in {result.summary['wall_s']:.0f} s, "
           f"last val accuracy {final.get('val_acc', float('nan')):.4f}")  # fmt: skip
-    for key in ("predicted_latency_ms", "latency_budget_ms"):
-        if key in result.summary:
+    for key in ("predicted_latency_ms", "latency_budget_ms", "measured_latency_ms"):
+        if result.summary.get(key) is not None:
             print(f"{key}: {result.summary[key]:.2f}")
     print(f"run directory: {run_dir.path}")
     return 0

@@ -2,9 +2,11 @@
 feature vector the latency predictor reads (in the spirit of nn-Meter's kernel features: Zhang et al., MobiSys
 2021: FLOPs, params, input/output shape, kernel, stride, expand).
 
-Costs are split by layer type (1x1, depthwise per kernel size, dense, fully connected, pooling, elementwise)
-because runtimes differ far more between layer types than within one: LiteRT's XNNPACK, for instance, runs a
-7x7 depthwise ~13x slower than a 3x3 one at the same shape on this machine, where MACs say 5.4x.
+Costs are split by layer type (matrix multiplies, depthwise per kernel size, dense, fully connected, pooling,
+elementwise) because runtimes differ far more between layer types than within one: LiteRT's XNNPACK, for
+instance, runs a 7x7 depthwise ~20x slower than a 3x3 one at the same shape on this machine, where MACs say 5.4x.
+A dense k×k convolution also counts as the matrix multiply runtimes lower it to (im2col + GEMM: k²·C_in-deep, with
+the im2col buffer in its bytes), so a table whose only dense conv is the stem still predicts one it lacks.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
 
 COST_TERMS = (
-    "dense_macs",
-    "pw_macs",
+    "dense_macs",  # the dense k×k convs' share of gemm_macs: what they cost beyond a 1x1 GEMM
+    "gemm_macs",  # 1x1 convs, and dense convs as im2col + GEMM
     "dw_macs_k3",
     "dw_macs_k5",
     "dw_macs_k7",
@@ -27,7 +29,7 @@ COST_TERMS = (
     "fc_macs",
     "pool_elems",
     "elementwise",
-    "pw_bytes",
+    "gemm_bytes",
     "dw_bytes",
     "bytes",
     "layers",
@@ -44,24 +46,26 @@ class OpCost:
 
     @property
     def macs(self) -> float:
-        return sum(v for k, v in self.terms.items() if "_macs" in k)
+        return sum(v for k, v in self.terms.items() if "_macs" in k and k != "dense_macs")  # counted in gemm_macs
 
     def conv(self, hw_in: int, hw_out: int, c_in: int, c_out: int, kernel: int, groups: int = 1, dilation: int = 1):
         macs = hw_out * hw_out * c_out * (c_in // groups) * kernel * kernel
+        written = hw_out * hw_out * c_out
         if groups == c_in and c_in > 1:
             term = f"{'dwdil' if dilation > 1 else 'dw'}_macs_k{kernel}"
             if term not in self.terms:
                 raise HwnasError(f"no cost term for a {kernel}x{kernel} depthwise convolution")
+            self.terms[term] += macs
+            self.terms["dw_bytes"] += BYTES_PER_VALUE * (hw_in * hw_in * c_in + written)
         else:
-            term = "pw_macs" if kernel == 1 else "dense_macs"
-        self.terms[term] += macs
+            self.terms["gemm_macs"] += macs
+            gemm_input = hw_in * hw_in * c_in if kernel == 1 else hw_out * hw_out * c_in * kernel * kernel  # im2col
+            self.terms["gemm_bytes"] += BYTES_PER_VALUE * (gemm_input + written)
+            if kernel > 1:
+                self.terms["dense_macs"] += macs
         self.params += c_out * (c_in // groups) * kernel * kernel
         self.terms["layers"] += 1
-        self.move(hw_out * hw_out * c_out)
-        if kernel == 1:
-            self.terms["pw_bytes"] += BYTES_PER_VALUE * (hw_in * hw_in * c_in + hw_out * hw_out * c_out)
-        elif groups > 1:
-            self.terms["dw_bytes"] += BYTES_PER_VALUE * (hw_in * hw_in * c_in + hw_out * hw_out * c_out)
+        self.move(written)
 
     def move(self, values: float):
         """Count `values` written (reads are counted as the previous layer's writes plus the op input)."""

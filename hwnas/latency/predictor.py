@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.errors import HwnasError
-from hwnas.latency.features import cost_matrix
+from hwnas.latency.features import COST_TERMS, cost_matrix
 from hwnas.latency.table import LatencyTable
 from hwnas.ops.opconfig import OpConfig
 
@@ -91,7 +91,8 @@ class LatencyPredictor:
 
         from hwnas.run import _write_atomic
 
-        payload = {"sklearn": sklearn.__version__, "digest": table_digest(table), "predictor": self}
+        payload = {"sklearn": sklearn.__version__, "terms": COST_TERMS, "digest": table_digest(table)}
+        payload["predictor"] = self
         _write_atomic(path, lambda f: pickle.dump(payload, f))
         return Path(path)
 
@@ -114,9 +115,10 @@ def predictor_for(table: LatencyTable) -> LatencyPredictor:
         try:
             with path.open("rb") as f:
                 payload = pickle.load(f)
-            if payload.get("sklearn") == sklearn.__version__ and payload.get("digest") == table_digest(table):
+            fresh = (payload.get("sklearn"), payload.get("terms"), payload.get("digest"))
+            if fresh == (sklearn.__version__, COST_TERMS, table_digest(table)):
                 return payload["predictor"]
-            log.info("%s is stale (other entries or scikit-learn version); refitting", path)
+            log.info("%s is stale (other entries, cost terms or scikit-learn version); refitting", path)
         except (OSError, pickle.UnpicklingError, AttributeError, EOFError, TypeError) as err:
             log.warning("cannot read %s (%s); refitting", path, err)
     return LatencyPredictor.fit_table(table)

@@ -108,6 +108,14 @@ def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):
     assert main([*args, "--calibrate", "4"]) == 0  # already fitted on 4: nothing to measure
     assert "network correction" not in capsys.readouterr().out
     assert LatencyTable.load(path).metadata.network_correction == correction
+    assert main([*args, "--recalibrate"]) == 2
+    assert capsys.readouterr().err.strip() == "hwnas: error: --recalibrate goes with --calibrate N"
+    assert main([*args, "--rounds", "1", "--calibrate", "4", "--recalibrate"]) == 0  # measured again, refitted
+    assert "network correction a=" in capsys.readouterr().out
+    refitted = LatencyTable.load(path)
+    assert refitted.metadata.network_correction.architectures == 4 and refitted.entries == first.entries
+    assert sorted(p.name for p in user_tables.iterdir()) == ["cpu_darts_8.json", "cpu_darts_8.predictor.pkl"]
+    correction = refitted.metadata.network_correction
 
     capsys.readouterr()
     assert main(["predict", "--table", str(path), "--genotype", "DARTS_V2", "--input-size", "8",

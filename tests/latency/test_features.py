@@ -35,3 +35,14 @@ def test_once_for_all_keys_and_matrix_shapes():
     assert terms.shape[0] == raw.shape[0] == 2
     with pytest.raises(HwnasError, match="no cost model"):
         op_cost(OpConfig.from_key("transformer-input:8x8x8-output:8x8x8"))
+
+
+def test_dense_convs_are_matrix_multiplies_over_an_im2col_buffer():
+    stem = op_cost(OpConfig.from_key("Conv-input:224x224x3-output:112x112x32"))
+    macs = 112 * 112 * 32 * 3 * 9
+    assert stem.terms["gemm_macs"] == stem.terms["dense_macs"] == stem.macs == macs
+    assert stem.terms["gemm_bytes"] == 4 * (112 * 112 * 3 * 9 + 112 * 112 * 32)  # im2col buffer + output
+    key = "expanded_conv-input:56x56x24-output:28x28x40-expand:3-kernel:7-stride:2-idskip:0"
+    block = op_cost(OpConfig.from_key(key))
+    assert block.terms["dense_macs"] == 0 and block.terms["dw_macs_k7"] == 28 * 28 * 72 * 49
+    assert block.terms["gemm_macs"] == 56 * 56 * 24 * 72 + 28 * 28 * 72 * 40  # expand and project 1x1 convs

@@ -88,3 +88,23 @@ def test_random_search_respects_the_budget(tmp_path, synthetic_table):
     result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
     assert result.summary["predicted_latency_ms"] <= budget
     assert "best_candidate_val_acc" in result.history[-1]
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_host_targets_time_the_derived_network(tmp_path, target, caplog):
+    """A table measured by a host profiler: the summary holds the derived network's measured latency (None, with
+    a warning, where that profiler cannot run: `gpu` without CUDA)."""
+    from hwnas.latency.catalogue import mobile_op_configs
+    from tests.latency.helpers import make_table
+    from tests.search_hw.conftest import SIZE, WIDTH
+
+    table = make_table(mobile_op_configs(SIZE, WIDTH), target=target, space="mobile", input_size=SIZE)
+    table.save(tmp_path / f"{target}_mobile_{SIZE}.json")
+    cfg = mobile_config(strategy="random", target=str(table.path), latency_ms=1e3, epochs=1, random_samples=1)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    if target == "gpu" and not torch.cuda.is_available():
+        assert saved["measured_latency_ms"] is None and "could not time the derived network" in caplog.text
+    else:
+        assert saved["measured_latency_ms"] > 0 and saved["measured_on"]
+        assert saved["measured_latency_ms"] == result.summary["measured_latency_ms"]
