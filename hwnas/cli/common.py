@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
 import time
 from pathlib import Path
@@ -13,7 +14,14 @@ from hwnas.errors import HwnasError
 
 DATA_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "image_size": "image_size",
               "train_portion": "train_portion"}  # fmt: skip
+EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "absl")  # INFO per exported op
 _LATENCY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*$")
+
+
+def quiet_exporters() -> None:
+    """Keep the ONNX and LiteRT exporters' per-op INFO lines out of a command's log."""
+    for name in EXPORTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def parse_latency_ms(text: str) -> float:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from hwnas.cli.common import explicit
+from hwnas.cli.common import explicit, quiet_exporters
 from hwnas.cli.train import add_network_arguments
 
 SHAPE_FLAGS = ("init_channels", "layers", "width_mult")
 DATA_FLAGS = ("dataset", "data_dir")
-CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "absl")  # INFO per exported op
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hwnas.export import ExportOptions, export_network, resolve_spec
 
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_exporters()
     spec = resolve_spec(
         run=args.run_path,
         genotype=args.genotype,

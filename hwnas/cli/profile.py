@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from hwnas.cli.common import quiet_exporters
 from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.latency.calibration import (
@@ -35,7 +36,6 @@ from hwnas.profilers.protocol import Measurement
 log = logging.getLogger(__name__)
 DEFAULT_INPUT_SIZE = {"mobile": 224, "darts": 32}
 DEVICES = ("cpu", "onnxruntime", "tflite", "gpu", "android")
-CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "absl")  # INFO per exported op
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,8 +155,7 @@ def measure_round(
     Returns what failed, or None when everything was measured."""
     from hwnas.profilers.shard import measure_sharded, open_devices
 
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_exporters()
     table = LatencyTable.load(path) if Path(path).exists() else LatencyTable(TableMetadata(**metadata), path=path)
     todo = [OpConfig.from_key(key) for key in keys if key not in table]
     calibration = calibration_path(path)
@@ -279,8 +278,7 @@ def run(args) -> int:
     from hwnas.latency.targets import default_table_path
     from hwnas.profilers.shard import open_devices
 
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_exporters()
     if args.recalibrate and args.calibrate is None:
         raise HwnasError("--recalibrate goes with --calibrate N")
     space = args.space

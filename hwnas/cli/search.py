@@ -7,7 +7,14 @@ import argparse
 import logging
 
 from hwnas import distributed
-from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, default_run_dir, parse_latency_ms
+from hwnas.cli.common import (
+    add_data_arguments,
+    add_run_arguments,
+    build_config,
+    default_run_dir,
+    parse_latency_ms,
+    quiet_exporters,
+)
 from hwnas.config import SearchConfig
 from hwnas.device import placement
 from hwnas.errors import HwnasError
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return _launch(args)
     cfg, path = _config(args, distributed.env_world_size())
+    quiet_exporters()  # a search on a host runtime's table exports the derived network to time it
     with distributed.session(args.dist_timeout):
         main = distributed.is_main()
         if not main:
