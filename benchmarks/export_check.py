@@ -36,7 +36,6 @@ from hwnas.run import RunDir, write_json_atomic  # noqa: E402
 from hwnas.spaces import get_space  # noqa: E402
 from hwnas.train import run_train  # noqa: E402
 
-log = logging.getLogger("export_check")
 TRAINED = ("DARTS_V2", "PROXYLESS_MOBILE")
 VARIANTS = ((("onnx", "tflite"), None), (("tflite",), "fp16"), (("tflite",), "int8"))  # (formats, quantize)
 TABLE_SHAPE = {"input_size": 224, "in_channels": 3, "num_classes": 1000}
