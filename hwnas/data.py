@@ -195,6 +195,11 @@ def search_splits(cfg: DataConfig) -> tuple[Splits, Dataset, Dataset]:
     return splits, Subset(splits.train, order[:cut]), Subset(splits.train, order[cut:])
 
 
+def _order_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's example order: (seed, epoch) alone, so a resumed run sees the same batches."""
+    return seed * 100_003 + epoch
+
+
 def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
                  rank: int = 0, pin_memory: bool = False) -> DataLoader:  # fmt: skip
     """Rank `rank`'s share of each global batch of `batch_size` (divisible by `num_replicas`), in pinned memory
@@ -206,7 +211,7 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
     with up to `num_replicas - 1` examples from the start of the permutation, so that every rank's shard has the
     same size (and each rank runs the same number of steps).
     """
-    sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=seed * 100_003 + epoch)
+    sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=_order_seed(seed, epoch))
     return DataLoader(dataset, batch_size=batch_size // num_replicas, sampler=sampler, num_workers=0,
                       pin_memory=pin_memory)  # fmt: skip
 
@@ -215,6 +220,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                 pin_memory: bool = False) -> DataLoader:  # fmt: skip
     """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned as in
     `shard_loader`)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch) if shuffle else None
+    generator = torch.Generator().manual_seed(_order_seed(seed, epoch)) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0,
                       drop_last=False, pin_memory=pin_memory)  # fmt: skip

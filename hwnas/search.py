@@ -220,7 +220,7 @@ def _measured_on_host(cfg: SearchConfig, latency, genotype, predicted_ms: float)
     try:
         with get_profiler(meta.target, threads=meta.threads or 1, batch=meta.batch) as profiler:
             here = profiler.device_name()
-            measured = profiler.measure_model(network.key, network.build, network.input_shape(meta.batch)).median_ms
+            measured = network.measure(profiler).median_ms
     except (HwnasError, ImportError, RuntimeError) as err:
         log.warning("could not time the derived network on %s: %s", meta.target, str(err).splitlines()[0])
         return {"measured_latency_ms": None}

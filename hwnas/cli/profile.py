@@ -179,10 +179,8 @@ def measure_round(
             measured[network.key] = TableEntry(m.median_ms, m.iqr_ms, m.runs)
             save_measurements(calibration, measured)
 
-        def measure_network(profiler, network: CalibrationNetwork) -> Measurement:
-            return profiler.measure_model(network.key, network.build, network.input_shape(profiler.batch))
-
-        calibrated = measure_sharded(working, network_todo, measure_network, record_network, desc + " networks")
+        calibrated = measure_sharded(working, network_todo, lambda p, network: network.measure(p), record_network,
+                                     desc + " networks")  # fmt: skip
         if calibrated.unmeasured:
             return f"{calibrated.describe_failures()}; {len(calibrated.unmeasured)} calibration network(s) not measured"
         failures = "; ".join(r.describe_failures() for r in (report, calibrated) if r.failures)

@@ -65,6 +65,10 @@ class CalibrationNetwork:
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         return (batch, IN_CHANNELS, self.input_size, self.input_size)
 
+    def measure(self, profiler):
+        """This network timed end to end by `profiler` (a `hwnas.profilers.Profiler`), at its batch size."""
+        return profiler.measure_model(self.key, self.build, self.input_shape(profiler.batch))
+
 
 def calibration_networks(space_name: str, cfg, input_size: int, n: int, seed: int = CALIBRATION_SEED):
     """`n` distinct random architectures of the space shaped by `cfg` (a SearchConfig); the first n of a longer

@@ -485,8 +485,8 @@ class DartsSpace(SearchSpace):
         the search's latency term; a table's network correction accounts for them."""
         c_stem = NETWORK_STEM_MULTIPLIER * cfg.init_channels
         configs = [OpConfig("Conv", (input_size, input_size, in_channels), (input_size, input_size, c_stem))]
-        hw, c_out = input_size, c_stem
-        for reduction, _hw, c in self._cell_shapes(cfg, input_size):
+        hw_out, c_out = input_size, c_stem
+        for reduction, hw, c in self._cell_shapes(cfg, input_size):
             edges, concat = (
                 (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
             )
@@ -494,9 +494,9 @@ class DartsSpace(SearchSpace):
             for op, src in edges:
                 stride = 2 if reduction and src < 2 else 1
                 configs.append(darts_op_config(op, hw if src < 2 else hw_out, hw_out, c, stride))
-            hw, c_out = hw_out, len(concat) * c
+            c_out = len(concat) * c
         classes = num_classes if num_classes is not None else self.table_classes
-        return configs + [OpConfig("Logits", (hw, hw, c_out), (classes,))]
+        return configs + [OpConfig("Logits", (hw_out, hw_out, c_out), (classes,))]
 
 
 def darts_op_config(op: str, hw_in: int, hw_out: int, c: int, stride: int) -> OpConfig:

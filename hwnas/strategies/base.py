@@ -101,6 +101,14 @@ class Strategy:
         """Average the gradients of `params` over the ranks before an optimiser uses them (no-op in one process)."""
         distributed.average_gradients(list(params))
 
+    def sync_and_clip_weights(self, params) -> None:
+        """Before a weight step: the gradients of `params` averaged over the ranks, then clipped to
+        `cfg.weight_grad_clip` in norm when the config clips."""
+        params = list(params)
+        self.sync_gradients(params)
+        if self.cfg.weight_grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, self.cfg.weight_grad_clip)
+
     def task_loss(self, batch) -> tuple[torch.Tensor, float]:
         x, y = batch
         logits = self.supernet(x)
@@ -116,9 +124,7 @@ class Strategy:
         self.w_opt.zero_grad(set_to_none=True)
         loss, acc = self.task_loss(batch)
         loss.backward()
-        self.sync_gradients(self.supernet.weights())
-        if self.cfg.weight_grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.supernet.weights(), self.cfg.weight_grad_clip)
+        self.sync_and_clip_weights(self.supernet.weights())
         self.w_opt.step()
         return {"train_loss": loss.item(), "train_acc": acc}
 

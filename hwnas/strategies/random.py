@@ -87,9 +87,7 @@ class RandomSearch(Strategy):
             logits = model(xt)
             loss = F.cross_entropy(logits, yt)
             loss.backward()
-            self.sync_gradients(model.parameters())
-            if self.cfg.weight_grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.weight_grad_clip)
+            self.sync_and_clip_weights(model.parameters())
             opt.step()
             losses.append(loss.item())
             accs.append(accuracy(logits, yt))
