@@ -7,7 +7,11 @@ Two stages, fitted on a table's entries:
    `hwnas.latency.features`), fitted for relative error; it extrapolates to unseen shapes;
 2. a gradient-boosted correction of its log residual from the op's raw features (input/output shapes, kernel,
    expansion, stride, op type, FLOPs, params, bytes), the nn-Meter idea of learning what the cost model misses
-   (Zhang et al., "nn-Meter", MobiSys 2021), kept shallow and shrunk because tables hold ~50–100 entries.
+   (Zhang et al., "nn-Meter", MobiSys 2021), kept shallow and shrunk because tables hold ~50–100 entries;
+3. for an op whose siblings (the same layer but for its expansion ratio) are in the table, their mean log
+   residual instead, shrunk towards the booster's by a pseudo-count (`SIBLING_PRIOR`): a random effect per layer
+   geometry. It carries what only that layer shows, e.g. LiteRT/XNNPACK's 7x7 depthwise once its input outgrows
+   the L2 cache (2x its per-MAC cost at 112x112 on the session-3 VM), which no cost term shared across shapes can.
 
 A fitted predictor is saved beside its table (``<table>.predictor.pkl``) with a digest of the entries it saw.
 """
@@ -31,13 +35,16 @@ from hwnas.ops.opconfig import OpConfig
 log = logging.getLogger(__name__)
 MIN_ENTRIES = 8
 MIN_LATENCY_MS = 1e-4  # floor for relative weights: ops that cost nothing (identity) would get infinite weight
+PREDICTOR_VERSION = (*COST_TERMS, "siblings")  # a saved predictor of another version is refitted
+SIBLING_PRIOR = 0.25  # the booster's residual counts as this many siblings (latency_accuracy.py; see the README)
 
 
 class LatencyPredictor:
     """Fitted by `fit`; `predict` gives milliseconds per op."""
 
-    def __init__(self, weights: np.ndarray, kinds: tuple[str, ...], booster):
+    def __init__(self, weights: np.ndarray, kinds: tuple[str, ...], booster, siblings=None):
         self.weights, self.kinds, self.booster = weights, kinds, booster
+        self.siblings: dict[tuple, list[float]] = siblings or {}  # geometry -> its entries' log residuals
 
     @classmethod
     def fit(cls, ops: list[OpConfig], latencies_ms, boost: bool = True) -> LatencyPredictor:
@@ -59,6 +66,8 @@ class LatencyPredictor:
                 n_estimators=100, max_depth=2, learning_rate=0.05, subsample=0.8, random_state=0
             )
             predictor.booster = booster.fit(predictor._booster_features(ops, raw), residual)
+            for op, r in zip(ops, residual):
+                predictor.siblings.setdefault(_geometry(op), []).append(float(r))
         return predictor
 
     @classmethod
@@ -80,7 +89,10 @@ class LatencyPredictor:
         terms, raw = cost_matrix(ops)
         latency = np.maximum(self._linear(terms), 0.0)
         if self.booster is not None:
-            latency = latency * np.exp(self.booster.predict(self._booster_features(ops, raw)))
+            boosted = self.booster.predict(self._booster_features(ops, raw))
+            siblings = [self.siblings.get(_geometry(op), []) for op in ops]
+            residual = [(sum(s) + SIBLING_PRIOR * b) / (len(s) + SIBLING_PRIOR) for s, b in zip(siblings, boosted)]
+            latency = latency * np.exp(residual)
         return latency
 
     def predict_one(self, op: OpConfig) -> float:
@@ -91,10 +103,15 @@ class LatencyPredictor:
 
         from hwnas.run import _write_atomic
 
-        payload = {"sklearn": sklearn.__version__, "terms": COST_TERMS, "digest": table_digest(table)}
+        payload = {"sklearn": sklearn.__version__, "terms": PREDICTOR_VERSION, "digest": table_digest(table)}
         payload["predictor"] = self
         _write_atomic(path, lambda f: pickle.dump(payload, f))
         return Path(path)
+
+
+def _geometry(op: OpConfig) -> tuple:
+    """What `op` shares with its siblings: everything but the expansion ratio."""
+    return op.kind, op.input_shape, op.output_shape, tuple(a for a in op.attrs if a[0] != "expand")
 
 
 def table_digest(table: LatencyTable) -> str:
@@ -116,7 +133,7 @@ def predictor_for(table: LatencyTable) -> LatencyPredictor:
             with path.open("rb") as f:
                 payload = pickle.load(f)
             fresh = (payload.get("sklearn"), payload.get("terms"), payload.get("digest"))
-            if fresh == (sklearn.__version__, COST_TERMS, table_digest(table)):
+            if fresh == (sklearn.__version__, PREDICTOR_VERSION, table_digest(table)):
                 return payload["predictor"]
             log.info("%s is stale (other entries, cost terms or scikit-learn version); refitting", path)
         except (OSError, pickle.UnpicklingError, AttributeError, EOFError, TypeError) as err:
