@@ -11,10 +11,13 @@ Top to bottom: reference, Triton kernels, launchers, dispatch, autograd.Function
 
 from __future__ import annotations
 
+import contextlib
+import operator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.autograd.function import once_differentiable
 
 from hwnas.supernet.mixed import weighted_sum_reference
@@ -129,6 +132,24 @@ class _Plan:
         state = {**params, **{name: b.clone() for name, b in self.buffers[k].items()}}
         return torch.func.functional_call(self.ops[k], state, (x,))
 
+    def own_parameters(self, k: int) -> list[torch.Tensor] | None:
+        """Op k's parameters if they are still those it ran with (not so once a functional_call has ended)."""
+        now = list(self.ops[k].parameters())
+        return now if len(now) == len(self.params[k]) and all(map(operator.is_, now, self.params[k].values())) else None
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """Batch statistics as in training, running statistics left untouched (num_batches_tracked included)."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
 
 def _rng_state(device: torch.device):
     device_state = None if device.type == "cpu" else torch.get_device_module(device.type).get_rng_state(device)
@@ -169,9 +190,15 @@ class FusedMixedOp(torch.autograd.Function):
             for k in plan.live:  # forward order, so random ops replay the same draws
                 names = list(plan.params[k])
                 needs = need_p[start : start + len(names)]
-                leaves = [p.detach().requires_grad_(n) for p, n in zip(params[start : start + len(names)], needs)]
-                with torch.enable_grad():
-                    y = plan.run(k, x_in, dict(zip(names, leaves)))
+                own = plan.own_parameters(k)
+                if own is not None:  # call the op itself: functional_call's swaps cost ~10% of a step
+                    leaves = [p if n else p.detach() for p, n in zip(own, needs)]
+                    with torch.enable_grad(), _running_stats_frozen(plan.ops[k]):
+                        y = plan.ops[k](x_in)
+                else:
+                    leaves = [p.detach().requires_grad_(n) for p, n in zip(params[start : start + len(names)], needs)]
+                    with torch.enable_grad():
+                        y = plan.run(k, x_in, dict(zip(names, leaves)))
                 if need_w:
                     grad_w[k] = dot(g, y)
                 targets = ([x_in] if need_x else []) + [p for p in leaves if p.requires_grad]
