@@ -11,7 +11,8 @@ Two stages, fitted on a table's entries:
 3. for an op whose siblings (the same layer but for its expansion ratio) are in the table, their mean log
    residual instead, shrunk towards the booster's by a pseudo-count (`SIBLING_PRIOR`): a random effect per layer
    geometry. It carries what only that layer shows, e.g. LiteRT/XNNPACK's 7x7 depthwise once its input outgrows
-   the L2 cache (2x its per-MAC cost at 112x112 on the session-3 VM), which no cost term shared across shapes can.
+   the L2 cache (2x its per-MAC cost at 112x112 on the VM of the shipped `tflite` table), which no cost term
+   shared across shapes can.
 
 A fitted predictor is saved beside its table (``<table>.predictor.pkl``) with a digest of the entries it saw.
 """
@@ -42,9 +43,9 @@ SIBLING_PRIOR = 0.25  # the booster's residual counts as this many siblings (lat
 class LatencyPredictor:
     """Fitted by `fit`; `predict` gives milliseconds per op."""
 
-    def __init__(self, weights: np.ndarray, kinds: tuple[str, ...], booster, siblings=None):
+    def __init__(self, weights: np.ndarray, kinds: tuple[str, ...], booster):
         self.weights, self.kinds, self.booster = weights, kinds, booster
-        self.siblings: dict[tuple, list[float]] = siblings or {}  # geometry -> its entries' log residuals
+        self.siblings: dict[tuple, list[float]] = {}  # layer geometry -> its entries' log residuals
 
     @classmethod
     def fit(cls, ops: list[OpConfig], latencies_ms, boost: bool = True) -> LatencyPredictor:
@@ -135,7 +136,7 @@ def predictor_for(table: LatencyTable) -> LatencyPredictor:
             fresh = (payload.get("sklearn"), payload.get("terms"), payload.get("digest"))
             if fresh == (sklearn.__version__, PREDICTOR_VERSION, table_digest(table)):
                 return payload["predictor"]
-            log.info("%s is stale (other entries, cost terms or scikit-learn version); refitting", path)
+            log.info("%s is stale (other entries, predictor version or scikit-learn version); refitting", path)
         except (OSError, pickle.UnpicklingError, AttributeError, EOFError, TypeError) as err:
             log.warning("cannot read %s (%s); refitting", path, err)
     return LatencyPredictor.fit_table(table)

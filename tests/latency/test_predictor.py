@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from hwnas.errors import HwnasError
-from hwnas.latency.features import op_cost
 from hwnas.latency import predictor as predictor_module
+from hwnas.latency.features import op_cost
 from hwnas.latency.predictor import LatencyPredictor, estimate, predictor_for, predictor_path
 from hwnas.latency.table import LatencyTable
 from hwnas.ops.opconfig import OpConfig
