@@ -204,6 +204,7 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
 
 
 HOST_TARGETS = ("cpu", "onnxruntime", "tflite", "gpu")  # tables whose profiler can time a network on this machine
+MEASURED_TOLERANCE = 0.10  # a measured derived network farther than this from the budget gets a refit warning
 
 
 def _measured_on_host(cfg: SearchConfig, latency, genotype, predicted_ms: float) -> dict[str, Any]:
@@ -228,6 +229,15 @@ def _measured_on_host(cfg: SearchConfig, latency, genotype, predicted_ms: float)
         log.warning("the %s table was measured on %s; this machine is %s", meta.target, meta.device, here)
     log.info("derived architecture measured on %s: %.2f ms (the table predicts %.2f ms)", meta.target, measured,
              predicted_ms)  # fmt: skip
+    if abs(measured / cfg.latency_ms - 1.0) > MEASURED_TOLERANCE:
+        correction = meta.network_correction
+        refit = (f"hwnas profile --device {meta.target} --space {cfg.space} --input-size {latency.input_size} "
+                 f"--calibrate {correction.architectures if correction else 50} --recalibrate"
+                 + (f" --out {latency.table.path}" if latency.table.path else ""))  # fmt: skip
+        log.warning("measured %.2f ms is %.2fx the %.2f ms budget, %+.0f%% off the table's %.2f ms; timings drift "
+                    "with the machine's state: refit the table's network correction with `%s`", measured,
+                    measured / cfg.latency_ms, cfg.latency_ms, 100 * (measured / predicted_ms - 1), predicted_ms,
+                    refit)  # fmt: skip
     return {"measured_latency_ms": measured, "measured_on": here}
 
 

@@ -108,3 +108,5 @@ def test_host_targets_time_the_derived_network(tmp_path, target, caplog):
     else:
         assert saved["measured_latency_ms"] > 0 and saved["measured_on"]
         assert saved["measured_latency_ms"] == result.summary["measured_latency_ms"]
+        # the synthetic table is nothing like this machine: far from the budget, with the command that refits it
+        assert f"--device {target} --space mobile --input-size {SIZE} --calibrate 50 --recalibrate" in caplog.text
