@@ -203,7 +203,6 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
     return genotype
 
 
-HOST_TARGETS = ("cpu", "onnxruntime", "tflite", "gpu")  # tables whose profiler can time a network on this machine
 MEASURED_TOLERANCE = 0.10  # a measured derived network farther than this from the budget gets a refit warning
 
 
@@ -212,10 +211,11 @@ def _measured_on_host(cfg: SearchConfig, latency, genotype, predicted_ms: float)
     table's batch, threads and input size; built as the table's calibration networks are).
     A measurement that cannot run here is a warning: it must not fail a finished search."""
     from hwnas.latency.calibration import CalibrationNetwork
+    from hwnas.latency.targets import HOST_DEVICES, profile_command
     from hwnas.profilers import get_profiler
 
     meta = latency.table.metadata
-    if meta.target not in HOST_TARGETS:
+    if meta.target not in HOST_DEVICES:  # tables whose profiler can time a network on this machine
         return {}
     network = CalibrationNetwork(cfg.space, genotype.to_json(), cfg.to_json(), latency.input_size)
     try:
@@ -231,9 +231,10 @@ def _measured_on_host(cfg: SearchConfig, latency, genotype, predicted_ms: float)
              predicted_ms)  # fmt: skip
     if abs(measured / cfg.latency_ms - 1.0) > MEASURED_TOLERANCE:
         correction = meta.network_correction
-        refit = (f"hwnas profile --device {meta.target} --space {cfg.space} --input-size {latency.input_size} "
-                 f"--calibrate {correction.architectures if correction else 50} --recalibrate"
-                 + (f" --out {latency.table.path}" if latency.table.path else ""))  # fmt: skip
+        flags = [f"--calibrate {correction.architectures if correction else 50}", "--recalibrate"]
+        if latency.table.path:
+            flags.append(f"--out {latency.table.path}")
+        refit = profile_command(meta.target, cfg.space, latency.input_size, *flags)
         log.warning("measured %.2f ms is %.2fx the %.2f ms budget, %+.0f%% off the table's %.2f ms; timings drift "
                     "with the machine's state: refit the table's network correction with `%s`", measured,
                     measured / cfg.latency_ms, cfg.latency_ms, 100 * (measured / predicted_ms - 1), predicted_ms,

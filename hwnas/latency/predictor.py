@@ -104,8 +104,8 @@ class LatencyPredictor:
 
         from hwnas.run import _write_atomic
 
-        payload = {"sklearn": sklearn.__version__, "terms": PREDICTOR_VERSION, "digest": table_digest(table)}
-        payload["predictor"] = self
+        payload = {"sklearn": sklearn.__version__, "version": PREDICTOR_VERSION, "digest": table_digest(table),
+                   "predictor": self}  # fmt: skip
         _write_atomic(path, lambda f: pickle.dump(payload, f))
         return Path(path)
 
@@ -133,7 +133,7 @@ def predictor_for(table: LatencyTable) -> LatencyPredictor:
         try:
             with path.open("rb") as f:
                 payload = pickle.load(f)
-            fresh = (payload.get("sklearn"), payload.get("terms"), payload.get("digest"))
+            fresh = (payload.get("sklearn"), payload.get("version"), payload.get("digest"))
             if fresh == (sklearn.__version__, PREDICTOR_VERSION, table_digest(table)):
                 return payload["predictor"]
             log.info("%s is stale (other entries, predictor version or scikit-learn version); refitting", path)

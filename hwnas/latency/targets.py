@@ -78,14 +78,17 @@ def list_tables() -> list[TableInfo]:
     return found
 
 
+def profile_command(device: str, space: str, input_size: int, *flags: str) -> str:
+    """The `hwnas profile` command line that measures `device`'s table of `space` at `input_size`."""
+    return " ".join(("hwnas profile --device", device, "--space", space, "--input-size", str(input_size), *flags))
+
+
 def profile_hint(target: str, space: str, input_size: int) -> str:
     """The command that measures a table for `target`."""
     if target in HOST_DEVICES:
-        return f"build one with `hwnas profile --device {target} --space {space} --input-size {input_size}`"
-    return (
-        "measure your own phone with `hwnas profile --device android --binary PATH/benchmark_model "
-        f"--name {target} --space {space} --input-size {input_size}`"
-    )
+        return f"build one with `{profile_command(target, space, input_size)}`"
+    flags = ("--binary PATH/benchmark_model", f"--name {target}")
+    return f"measure your own phone with `{profile_command('android', space, input_size, *flags)}`"
 
 
 def resolve_target(name_or_path: str, space: str, input_size: int) -> LatencyTable:
