@@ -1,18 +1,21 @@
 """Memory and time of one DARTS search step: naive vs fused mixed op, PC-DARTS, and the derived network.
 
     python benchmarks/search_memory.py [--batch-sizes 16 32 64] [--json PATH] [--device cpu|cuda]
+    python benchmarks/search_memory.py --device cuda --backends auto reference --json .../search_memory_cuda.json
 
 One first-order search step = forward + backward of the supernet on a batch (C=16, 8 cells, 32x32, 3 input
 channels, 10 classes, all 8 DARTS ops); `discrete` is the same step on DartsNetwork(DARTS_V2, 16, 10, 8, 3).
 Variants: naive (WeightedSum), fused (WeightedSum(fused=True)), pc_naive / pc_fused (PartialChannel, K=4, edge
-normalisation). Each (variant, batch) runs in a fresh subprocess, which measures
+normalisation). The fused variants run once per --backends choice ($HWNAS_KERNELS: `auto` is Triton on CUDA
+and the native library, where built, on the CPU). Each row runs in a fresh subprocess, which measures
 
 - saved_bytes: tensors saved for backward (saved_tensors_hooks), deduplicated by storage; saved_param_bytes is
   the part that are parameters or buffers (they exist anyway);
 - peak_rss_bytes: peak resident memory during the first step minus resident memory just before it (the peak
   is reset through /proc/self/clear_refs; without it, getrusage's high-water mark gives a lower bound); on
   CUDA also peak_cuda_bytes (max_memory_allocated minus memory allocated before the step);
-- step_ms / cpu_ms: median wall and process CPU time of the timed steps after it (CUDA events on CUDA).
+- step_ms / cpu_ms: median wall and process CPU time of the timed steps after it (CUDA events on CUDA;
+  the first, measured step is the warm-up that compiles Triton kernels and lets cuDNN choose).
 
 max_batch_4gib extrapolates saved_bytes, a least-squares line a + b·batch over the measured batch sizes,
 to the batch whose saved tensors fill 4 GiB: (4 GiB - a) / b. Only saved tensors count, not parameters,
@@ -26,6 +29,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -33,7 +37,10 @@ import sys
 import time
 from pathlib import Path
 
+from hwnas.run import write_json_atomic
+
 VARIANTS = ("naive", "fused", "pc_naive", "pc_fused", "discrete")
+FUSED = ("fused", "pc_fused")
 BUDGET = 4 * 2**30
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "search_memory.json"
 log = logging.getLogger("search_memory")
@@ -157,10 +164,11 @@ def max_batch(rows: list[dict]) -> int:
     return int((BUDGET - (my - slope * mx)) / slope)
 
 
-def run_worker(variant: str, batch: int, args) -> dict:
+def run_worker(variant: str, batch: int, kernels: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", variant, str(batch), "--device", args.device,
            "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {**os.environ, "HWNAS_KERNELS": kernels}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(f"{variant} batch {batch} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -173,16 +181,18 @@ def _ratio(row: dict, ref: dict | None, key: str) -> str:
 def table(rows: list[dict]) -> str:
     mib = 2**20
     by = {(r["variant"], r["batch"]): r for r in rows}
-    head = f"{'variant':<9} {'batch':>5} {'saved MiB':>10} {'x discrete':>10} "
-    head += f"{'peak RSS MiB':>12} {'x discrete':>10} "
+    cuda = all("peak_cuda_bytes" in r for r in rows)
+    head = f"{'variant':<9} {'backend':<9} {'batch':>5} {'saved MiB':>10} {'x discrete':>10} "
+    head += f"{'peak CUDA MiB':>13} {'x discrete':>10} " if cuda else f"{'peak RSS MiB':>12} {'x discrete':>10} "
     head += f"{'step ms':>9} {'x naive':>8} {'cpu ms':>9} {'x naive':>8} {'max batch@4GiB':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
         d, n = by.get(("discrete", r["batch"])), by.get(("naive", r["batch"]))
+        key, width = ("peak_cuda_bytes", 13) if cuda else ("peak_rss_bytes", 12)
         lines.append(
-            f"{r['variant']:<9} {r['batch']:>5} "
+            f"{r['variant']:<9} {r['backend']:<9} {r['batch']:>5} "
             f"{r['saved_bytes'] / mib:>10.1f} {_ratio(r, d, 'saved_bytes'):>10} "
-            f"{r['peak_rss_bytes'] / mib:>12.1f} {_ratio(r, d, 'peak_rss_bytes'):>10} {r['step_ms']:>9.0f} "
+            f"{r[key] / mib:>{width}.1f} {_ratio(r, d, key):>10} {r['step_ms']:>9.1f} "
             f"{_ratio(r, n, 'step_ms'):>8} {r['cpu_ms']:>9.0f} {_ratio(r, n, 'cpu_ms'):>8} {r['max_batch_4gib']:>14}"
         )
     return "\n".join(lines)
@@ -194,26 +204,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (median)")
+    parser.add_argument("--repeats", type=int, help="timed steps per measurement, median (default 2; 20 on CUDA)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("auto", "native", "reference"),
+        default=["auto"],
+        help="$HWNAS_KERNELS values the fused variants run under (default auto)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 20 if args.device.startswith("cuda") else 2
     if args.worker:
         print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     rows = []
     for variant in args.variants:
-        for batch in args.batch_sizes:
-            rows.append(run_worker(variant, batch, args))
-            log.info("%s batch %d: %s", variant, batch, rows[-1])
-        fit = max_batch([r for r in rows if r["variant"] == variant])
-        for r in rows:
-            if r["variant"] == variant:
+        for kernels in args.backends if variant in FUSED else ["auto"]:
+            group = []
+            for batch in args.batch_sizes:
+                group.append(run_worker(variant, batch, kernels, args))
+                log.info("%s (%s) batch %d: %s", variant, kernels, batch, group[-1])
+            fit = max_batch(group)
+            for r in group:
                 r["max_batch_4gib"] = fit
+            rows += group
     print(table(rows))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    write_json_atomic(args.json, rows)
     log.info("wrote %s", args.json)
     return 0
 

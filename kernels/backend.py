@@ -2,16 +2,21 @@
 
 Per tensor: Triton for CUDA tensors when triton is installed; else the native library (`CMakeLists.txt` at
 the repository root builds `kernels/native/libhwnas_native.so`, registering `torch.ops.hwnas.*`) for the
-devices it was built for; else the PyTorch reference, always correct, only slower. Nothing here touches
-CUDA at import time; the native library is loaded on first use.
+devices it was built for; else the PyTorch reference, always correct, only slower. `$HWNAS_KERNELS` narrows
+the choice, to compare implementations on one device: `native` (the native library where built, else the
+reference), `reference`, or `auto` (the default). Nothing here touches CUDA at import time; the native
+library is loaded on first use.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
+
+from hwnas.errors import HwnasError
 
 try:
     import triton
@@ -22,6 +27,8 @@ except ImportError:  # the @jit kernels then stay plain functions that nothing l
 
 log = logging.getLogger(__name__)
 
+ENV_VAR = "HWNAS_KERNELS"
+CHOICES = ("auto", "native", "reference")
 NATIVE_LIBRARY = Path(__file__).resolve().parent / "native" / "libhwnas_native.so"
 BUILD_COMMAND = (
     'cmake -S . -B build/native -DPython3_EXECUTABLE="$(command -v python)" && cmake --build build/native -j'
@@ -65,9 +72,20 @@ def _native_for(device_type: str) -> bool:
     return _native_devices[device_type]
 
 
+def requested() -> str:
+    """The `$HWNAS_KERNELS` choice; anything outside CHOICES is an error naming them."""
+    choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise HwnasError(f"${ENV_VAR}={os.environ[ENV_VAR]!r}: expected one of {', '.join(CHOICES)}")
+    return choice
+
+
 def kernel_backend(device: torch.device) -> str:
     """What runs the kernels for tensors on `device`: "triton", "native" or "reference"."""
-    if device.type == "cuda" and triton is not None:
+    choice = requested()
+    if choice == "reference":
+        return "reference"
+    if choice == "auto" and device.type == "cuda" and triton is not None:
         return "triton"
     return "native" if _native_for(device.type) else "reference"
 
@@ -77,6 +95,7 @@ def backend_report() -> dict[str, str]:
     load_native()
     native = str(NATIVE_LIBRARY) if _native_status == "loaded" else f"{_native_status}; build: {BUILD_COMMAND}"
     return {
+        "kernels_requested": f"{requested()} (${ENV_VAR})",
         "kernels_cpu": kernel_backend(torch.device("cpu")),
         "kernels_cuda": kernel_backend(torch.device("cuda")) if torch.cuda.is_available() else "no CUDA device",
         "kernels_native": native,

@@ -11,17 +11,31 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <tuple>
+
+#include "hwnas_native.h"
+
+// "[2, 3]": formatted without iostream's locale-dependent number output, which crashed inside this library on
+// one toolchain (the check's own message then killed the process instead of raising a RuntimeError).
+static std::string shape_text(const at::Tensor& t) {
+  std::string text = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) text += (d ? ", " : "") + std::to_string(t.size(d));
+  return text + "]";
+}
+
+void hwnas_native::check_pair(const at::Tensor& a, const at::Tensor& b, const char* op) {
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": shapes differ, ", shape_text(a), " vs ", shape_text(b));
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": dtypes differ");
+  TORCH_CHECK(a.is_contiguous() && b.is_contiguous(), op, ": needs contiguous tensors");
+  TORCH_CHECK(a.device() == b.device(), op, ": tensors on different devices");
+}
 
 namespace {
 
-constexpr int64_t kParallelGrain = 1 << 15;  // elements below which threads cost more than they save
+using hwnas_native::check_pair;
 
-void check_pair(const at::Tensor& a, const at::Tensor& b, const char* op) {
-  TORCH_CHECK(a.sizes() == b.sizes(), op, ": shapes differ, ", a.sizes(), " vs ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": dtypes differ");
-  TORCH_CHECK(a.is_contiguous() && b.is_contiguous(), op, ": needs contiguous tensors");
-}
+constexpr int64_t kParallelGrain = 1 << 15;  // elements below which threads cost more than they save
 
 template <typename scalar_t>
 void axpy(scalar_t* out, const scalar_t* y, double w, bool overwrite, int64_t n) {

@@ -13,19 +13,16 @@
 #include <algorithm>
 #include <tuple>
 
+#include "hwnas_native.h"
+
 namespace {
+
+using hwnas_native::check_pair;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 4096;
 
 int64_t blocks_for(int64_t n) { return std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks)); }
-
-void check_pair(const at::Tensor& a, const at::Tensor& b, const char* op) {
-  TORCH_CHECK(a.sizes() == b.sizes(), op, ": shapes differ, ", a.sizes(), " vs ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": dtypes differ");
-  TORCH_CHECK(a.is_contiguous() && b.is_contiguous(), op, ": needs contiguous tensors");
-  TORCH_CHECK(a.device() == b.device(), op, ": tensors on different devices");
-}
 
 template <typename scalar_t>
 __global__ void axpy_kernel(scalar_t* out, const scalar_t* y, double w, bool overwrite, int64_t n) {

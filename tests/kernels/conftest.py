@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,39 @@ def native_ops():
     return torch.ops.hwnas
 
 
-@pytest.fixture(params=["reference", "native"])
-def cpu_backend(request, monkeypatch):
-    """Run a test on the PyTorch reference kernels and on the native library (built on first use)."""
-    if request.param == "native":
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    name: str  # the backend kernel_backend() picks for tensors on `device`
+    device: torch.device
+
+
+@pytest.fixture(
+    params=[
+        "reference-cpu",
+        "native-cpu",
+        pytest.param("triton-cuda", marks=needs_cuda),
+        pytest.param("native-cuda", marks=needs_cuda),
+        pytest.param("reference-cuda", marks=needs_cuda),
+    ]
+)
+def kernels(request, monkeypatch):
+    """Run a test on each backend of each device here: the PyTorch reference and the native library (built on
+    first use) on the CPU; on a GPU also Triton, chosen as the default would, and the native CUDA kernels.
+    $HWNAS_KERNELS selects the backend, as a user would; TF32 is off so that CUDA compares in float32."""
+    name, device = request.param.split("-")
+    if name == "native":
+        if device == "cuda" and not shutil.which("nvcc"):
+            pytest.skip("no nvcc: the native library was built without CUDA kernels")
         request.getfixturevalue("native_ops")
-    monkeypatch.setattr(backend, "kernel_backend", lambda device: request.param)
-    return request.param
+    if name == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv(backend.ENV_VAR, "auto" if name == "triton" else name)
+    if device == "cuda":
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    setup = Kernels(name, torch.device(device))
+    assert backend.kernel_backend(setup.device) == name, f"{name} does not run on {device} here"
+    return setup

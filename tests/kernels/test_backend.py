@@ -6,7 +6,11 @@ import subprocess
 import sys
 import textwrap
 
-from hwnas.kernels import backend_report
+import pytest
+import torch
+
+from hwnas.errors import HwnasError
+from hwnas.kernels import backend, backend_report
 
 
 def run_python(code: str) -> str:
@@ -44,5 +48,17 @@ def test_without_triton_or_native_library():
 
 def test_report_names_every_backend():
     report = backend_report()
-    assert set(report) == {"kernels_cpu", "kernels_cuda", "kernels_native", "triton"}
+    assert set(report) == {"kernels_requested", "kernels_cpu", "kernels_cuda", "kernels_native", "triton"}
     assert report["kernels_cpu"] in ("native", "reference")
+
+
+def test_environment_narrows_the_backend(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(backend.ENV_VAR, "reference")
+    assert backend.kernel_backend(cpu) == "reference" and backend_report()["kernels_requested"].startswith("ref")
+    monkeypatch.setenv(backend.ENV_VAR, "native")
+    monkeypatch.setattr(backend, "_native_for", lambda device_type: True)
+    assert backend.kernel_backend(torch.device("cuda")) == "native"  # not Triton, even where it is installed
+    monkeypatch.setenv(backend.ENV_VAR, "fast")
+    with pytest.raises(HwnasError, match=r"\$HWNAS_KERNELS='fast': expected one of auto, native, reference"):
+        backend.kernel_backend(cpu)

@@ -21,9 +21,9 @@ from hwnas.supernet.mixed import weighted_sum_reference
 ALL = list(range(1, len(DARTS_PRIMITIVES)))  # every candidate but "none"
 
 
-def make_ops(c: int, stride: int, dtype=torch.float32) -> nn.ModuleList:
+def make_ops(c: int, stride: int, dtype=torch.float32, device="cpu") -> nn.ModuleList:
     torch.manual_seed(0)
-    return nn.ModuleList(OPS.get(p)(c, stride, False) for p in DARTS_PRIMITIVES).to(dtype)
+    return nn.ModuleList(OPS.get(p)(c, stride, False) for p in DARTS_PRIMITIVES).to(device, dtype)
 
 
 def run(fn, ops, x, weights, active):
@@ -32,7 +32,7 @@ def run(fn, ops, x, weights, active):
     weights = weights.detach().requires_grad_()
     torch.manual_seed(1)
     y = fn(x, weights, ops, active)
-    g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
+    g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2)).to(y.device)
     (y * g).sum().backward()
     grads = [p.grad for p in ops.parameters()]
     return y.detach(), x.grad, weights.grad, grads, [b.clone() for b in ops.buffers()]
@@ -61,9 +61,9 @@ def compare(ops, x, weights, active, **kwargs):
     assert_same(ref, got, **kwargs)
 
 
-def row_weights(n: int, seed: int = 3) -> torch.Tensor:
+def row_weights(n: int, seed: int = 3, device="cpu") -> torch.Tensor:
     alpha = torch.randn(4, n, generator=torch.Generator().manual_seed(seed))
-    return torch.softmax(alpha, dim=-1)[1]  # a row of the per-edge weights, as the cells pass it
+    return torch.softmax(alpha, dim=-1)[1].to(device)  # a row of the per-edge weights, as the cells pass it
 
 
 @pytest.mark.parametrize(
@@ -76,24 +76,25 @@ def row_weights(n: int, seed: int = 3) -> torch.Tensor:
         (1, 4, 9, 2, "contiguous", [2, 3, 5]),
     ],
 )
-def test_matches_reference(cpu_backend, batch, c, hw, stride, layout, active):
-    ops = make_ops(c, stride)
-    base = torch.randn(batch, c + 3, hw, hw)
+def test_matches_reference(kernels, batch, c, hw, stride, layout, active):
+    ops = make_ops(c, stride, device=kernels.device)
+    base = torch.randn(batch, c + 3, hw, hw, device=kernels.device)
     x = {
         "contiguous": base[:, :c].contiguous(),
         "channel_slice": base[:, 3:],  # the PC-DARTS case: a strided view of a node
         "transposed": base[:, :c].transpose(2, 3),
     }[layout]
-    compare(ops, x, row_weights(len(DARTS_PRIMITIVES)), active)
+    compare(ops, x, row_weights(len(DARTS_PRIMITIVES), device=kernels.device), active)
 
 
-def test_zero_weights_skipped_but_weight_gradient_exact(cpu_backend):
-    ops = make_ops(4, 1)
-    weights = row_weights(len(DARTS_PRIMITIVES)).clone()
+def test_zero_weights_skipped_but_weight_gradient_exact(kernels):
+    dev = kernels.device
+    ops = make_ops(4, 1, device=dev)
+    weights = row_weights(len(DARTS_PRIMITIVES), device=dev).clone()
     weights[[2, 4]] = 0.0  # exactly zero: not run in forward, no backprop through them
-    compare(ops, torch.randn(2, 4, 6, 6), weights, ALL, buffers=False)  # their BN statistics are not updated
+    compare(ops, torch.randn(2, 4, 6, 6, device=dev), weights, ALL, buffers=False)  # their BN stats stay
     weights[1:] = 0.0  # every active candidate zero: output zeros of the right shape
-    compare(ops, torch.randn(2, 4, 6, 6), weights, ALL, buffers=False)
+    compare(ops, torch.randn(2, 4, 6, 6, device=dev), weights, ALL, buffers=False)
 
 
 def test_bn_running_stats_updated_once():
@@ -108,7 +109,7 @@ def test_bn_running_stats_updated_once():
         torch.testing.assert_close(b1, b0)
 
 
-def test_dropout_masks_replayed(cpu_backend):
+def test_dropout_masks_replayed(kernels):
     torch.manual_seed(0)
     ops = nn.ModuleList(
         [
@@ -116,8 +117,9 @@ def test_dropout_masks_replayed(cpu_backend):
             nn.Sequential(nn.Dropout(0.3), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)),
             nn.Identity(),
         ]
-    )
-    compare(ops, torch.randn(2, 3, 5, 5), torch.softmax(torch.randn(3), 0), [0, 1, 2])
+    ).to(kernels.device)
+    x, weights = torch.randn(2, 3, 5, 5), torch.softmax(torch.randn(3), 0)
+    compare(ops, x.to(kernels.device), weights.to(kernels.device), [0, 1, 2])
 
 
 class Edge(nn.Module):
@@ -148,11 +150,12 @@ def test_functional_call_uses_substituted_parameters():
 
 
 @pytest.mark.parametrize(("stride", "c"), [(1, 2), (2, 2)])
-def test_gradcheck(cpu_backend, stride, c):
-    edge = Edge(make_ops(c, stride, torch.float64), fused_mixed_op)
+def test_gradcheck(kernels, stride, c):
+    dev = kernels.device
+    edge = Edge(make_ops(c, stride, torch.float64, dev), fused_mixed_op)
     names, params = zip(*[(n, p.detach().clone().requires_grad_()) for n, p in edge.named_parameters()])
-    x = torch.randn(2, c, 4, 4, dtype=torch.float64, requires_grad=True)
-    weights = torch.softmax(torch.randn(8, dtype=torch.float64), 0).requires_grad_()
+    x = torch.randn(2, c, 4, 4, dtype=torch.float64, device=dev, requires_grad=True)
+    weights = torch.softmax(torch.randn(8, dtype=torch.float64, device=dev), 0).requires_grad_()
 
     def fn(x, weights, *params):
         return torch.func.functional_call(edge, dict(zip(names, params)), (x, weights))
@@ -162,13 +165,21 @@ def test_gradcheck(cpu_backend, stride, c):
 
 @pytest.mark.parametrize("n", [1, 7, 40_001])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_accumulate_and_dot(cpu_backend, n, dtype):
-    y = torch.randn(n, dtype=dtype)
-    out = torch.randn(n, dtype=dtype)
+def test_accumulate_and_dot(kernels, n, dtype):
+    y = torch.randn(n, dtype=dtype, device=kernels.device)
+    out = torch.randn(n, dtype=dtype, device=kernels.device)
     torch.testing.assert_close(
         weighted_accumulate(out.clone(), y, 0.3), weighted_accumulate_reference(out, y, 0.3, False)
     )
     torch.testing.assert_close(weighted_accumulate(None, y, -1.5), -1.5 * y)
-    strided = torch.randn(2 * n, dtype=dtype)[::2]
+    strided = torch.randn(2 * n, dtype=dtype, device=kernels.device)[::2]
     torch.testing.assert_close(dot(y, strided), dot_reference(y, strided))
     torch.testing.assert_close(dot(y, out), (y * out).sum(), rtol=1e-5, atol=1e-4)
+
+
+def test_accumulate_keeps_a_float64_weight(kernels):
+    """w = 0.1 is no fp32 number: a float64 accumulate must not round it to one (Triton's float arguments are
+    fp32; finite differences through a rounded w are off by ~1%, which gradcheck caught on a GPU)."""
+    y = torch.ones(3, dtype=torch.float64, device=kernels.device)
+    assert (weighted_accumulate(None, y, 0.1) - 0.1).abs().max() < 1e-15
+    assert (weighted_accumulate(torch.ones_like(y), y, 0.1) - 1.1).abs().max() < 1e-15

@@ -5,17 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hwnas.kernels import backend
 from hwnas.kernels.mixed_op import dot_reference, weighted_accumulate_reference
 from hwnas.kernels.partial_channel import (
     partial_channel_shuffle_reference,
     partial_channel_unshuffle_reference,
 )
+from tests.kernels.conftest import needs_cuda
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=needs_cuda)])
+def device(request, native_ops):
+    """Each device the library has kernels for: the CPU always, CUDA where nvcc built them."""
+    if request.param == "cuda" and not backend._native_for("cuda"):
+        pytest.skip("the native library was built without CUDA kernels (no nvcc)")
+    return torch.device(request.param)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("n", [1, 1000, 70_001])  # 70_001: above the OpenMP threshold
-def test_weighted_accumulate_and_dot(native_ops, dtype, n):
-    y, out = torch.randn(n).to(dtype), torch.randn(n).to(dtype)
+def test_weighted_accumulate_and_dot(native_ops, device, dtype, n):
+    y, out = torch.randn(n).to(device, dtype), torch.randn(n).to(device, dtype)
     tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
     for overwrite in (False, True):
         got = native_ops.weighted_accumulate_(out.clone(), y, 0.7, overwrite)
@@ -25,14 +35,14 @@ def test_weighted_accumulate_and_dot(native_ops, dtype, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.uint8])
-def test_shuffle_any_dtype_any_strides(native_ops, dtype):
-    node = (100 * torch.randn(3, 20, 6, 7)).to(dtype)
+def test_shuffle_any_dtype_any_strides(native_ops, device, dtype):
+    node = (100 * torch.randn(3, 20, 6, 7)).to(device, dtype)
     mixed, bypass = node[:, :5].transpose(2, 3), node[:, 5:].transpose(2, 3)  # strided views, odd sizes
     out = native_ops.partial_channel_shuffle(mixed, bypass, 4)
     assert torch.equal(out, partial_channel_shuffle_reference(mixed, bypass, 4))
     for got, ref in zip(native_ops.partial_channel_unshuffle(out, 4), partial_channel_unshuffle_reference(out, 4)):
         assert torch.equal(got, ref)
-    strided_grad = torch.randn(3, 7, 20, 6).to(dtype).transpose(1, 2)
+    strided_grad = torch.randn(3, 7, 20, 6).to(device, dtype).transpose(1, 2)
     for got, ref in zip(
         native_ops.partial_channel_unshuffle(strided_grad, 4),
         partial_channel_unshuffle_reference(strided_grad, 4),
@@ -40,8 +50,8 @@ def test_shuffle_any_dtype_any_strides(native_ops, dtype):
         assert torch.equal(got, ref)
 
 
-def test_checks_inputs(native_ops):
-    with pytest.raises(RuntimeError, match="shapes differ"):
-        native_ops.weighted_accumulate_(torch.zeros(3), torch.zeros(4), 1.0, False)
+def test_checks_inputs(native_ops, device):
+    with pytest.raises(RuntimeError, match=r"weighted_accumulate_: shapes differ, \[3\] vs \[4\]"):
+        native_ops.weighted_accumulate_(torch.zeros(3, device=device), torch.zeros(4, device=device), 1.0, False)
     with pytest.raises(RuntimeError, match="contiguous"):
-        native_ops.dot(torch.zeros(4, 2).t(), torch.zeros(2, 4))
+        native_ops.dot(torch.zeros(4, 2, device=device).t(), torch.zeros(2, 4, device=device))

@@ -12,11 +12,12 @@ from hwnas.kernels.partial_channel import partial_channel_shuffle, partial_chann
     ("batch", "m", "k", "hw", "strided"),
     [(1, 1, 2, 3, False), (2, 3, 4, 5, True), (3, 5, 3, 7, True), (2, 4, 4, 8, False)],
 )
-def test_matches_reference(cpu_backend, batch, m, k, hw, strided):
-    mixed = torch.randn(batch, m, hw, hw, requires_grad=True)
-    node = torch.randn(batch, k * m, hw, hw, requires_grad=True)
+def test_matches_reference(kernels, batch, m, k, hw, strided):
+    dev = kernels.device
+    mixed = torch.randn(batch, m, hw, hw, device=dev, requires_grad=True)
+    node = torch.randn(batch, k * m, hw, hw, device=dev, requires_grad=True)
     bypass = node[:, m:] if strided else node[:, m:].detach().clone().requires_grad_()  # PC-DARTS: a view of x
-    g = torch.randn(batch, k * m, hw, hw)
+    g = torch.randn(batch, k * m, hw, hw, device=dev)
     outs = []
     for fn in (partial_channel_shuffle_reference, partial_channel_shuffle):
         y = fn(mixed, bypass, k)
@@ -26,15 +27,15 @@ def test_matches_reference(cpu_backend, batch, m, k, hw, strided):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)  # a permutation: exact
 
 
-def test_transposed_inputs(cpu_backend):
-    mixed = torch.randn(2, 3, 4, 5).transpose(2, 3)
-    bypass = torch.randn(2, 9, 4, 5).transpose(2, 3)
+def test_transposed_inputs(kernels):
+    mixed = torch.randn(2, 3, 4, 5, device=kernels.device).transpose(2, 3)
+    bypass = torch.randn(2, 9, 4, 5, device=kernels.device).transpose(2, 3)
     assert torch.equal(partial_channel_shuffle(mixed, bypass, 4), partial_channel_shuffle_reference(mixed, bypass, 4))
 
 
-def test_gradcheck(cpu_backend):
-    mixed = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    bypass = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+def test_gradcheck(kernels):
+    mixed = torch.randn(2, 2, 3, 3, dtype=torch.float64, device=kernels.device, requires_grad=True)
+    bypass = torch.randn(2, 6, 3, 3, dtype=torch.float64, device=kernels.device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: partial_channel_shuffle(a, b, 4), (mixed, bypass))
 
 

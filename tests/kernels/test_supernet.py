@@ -25,16 +25,16 @@ def step(net, x, y):
     [(WeightedSum, 1, 8), (PartialChannel, 4, 16)],
     ids=["darts", "pc_darts"],
 )
-def test_fused_step_matches_unfused(cpu_backend, mixing, partial_channels, hw):
+def test_fused_step_matches_unfused(kernels, mixing, partial_channels, hw):
     torch.manual_seed(0)
     pc = partial_channels > 1
     net = DartsSupernet(8, 5, 3, 3, DARTS_PRIMITIVES, partial_channels=partial_channels, edge_normalization=pc)
-    net = net.double()
+    net = net.to(kernels.device, torch.float64)
     fused = copy.deepcopy(net)
     net.set_mixing(mixing(fused=False))
     fused.set_mixing(mixing(fused=True))
-    x = torch.randn(2, 3, hw, hw, dtype=torch.float64)
-    y = torch.tensor([1, 4])
+    x = torch.randn(2, 3, hw, hw, dtype=torch.float64, device=kernels.device)
+    y = torch.tensor([1, 4], device=kernels.device)
     torch.testing.assert_close(step(fused, x, y), step(net, x, y))
     assert len(net.arch_parameters()) == (4 if pc else 2)
     for (name, p_fused), p in zip(fused.named_parameters(), net.parameters()):
@@ -45,12 +45,12 @@ def test_fused_step_matches_unfused(cpu_backend, mixing, partial_channels, hw):
         torch.testing.assert_close(b_fused, b, rtol=1e-7, atol=1e-10, msg=name)
 
 
-def test_fused_under_functional_call(cpu_backend):
+def test_fused_under_functional_call(kernels):
     """DARTS second order: L_val(w', α) through torch.func.functional_call, gradients in α and in w'."""
     torch.manual_seed(0)
-    net = DartsSupernet(4, 5, 3, 3, DARTS_PRIMITIVES).double()
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    y = torch.tensor([0, 3])
+    net = DartsSupernet(4, 5, 3, 3, DARTS_PRIMITIVES).to(kernels.device, torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=kernels.device)
+    y = torch.tensor([0, 3], device=kernels.device)
     names, weights = zip(*net.named_weights())
     results = []
     for fused in (False, True):
