@@ -107,6 +107,9 @@ class SearchConfig(JsonConfig):
     latency_beta: float = 0.6  # exponent of the multiplicative (MnasNet) form
     latency_input_size: int | None = None  # resolution latency is evaluated at; None: 224 mobile, image size darts
     random_samples: int = 8  # random search: architectures sampled and trained
+    # host tables measured on this machine: re-derivations from the derived network's own measured latency when
+    # it lands outside [0.9·T, T] (timings drift from the table's); 0: measure only
+    measured_repairs: int = 2
     # where the search runs, so one config serves a laptop and a GPU node: "auto" = cuda:LOCAL_RANK when CUDA is
     # available, else cpu; "cpu", "cuda" (this process's GPU), "cuda:N". May change on resume: checkpoints load anywhere
     device: str = "auto"
@@ -137,6 +140,7 @@ class SearchConfig(JsonConfig):
             (self.tau_max >= self.tau_min > 0, "GDAS temperatures need tau_max >= tau_min > 0"),
             (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
+            (self.measured_repairs >= 0, f"measured repairs must be >= 0, got {self.measured_repairs}"),
         ]
         for ok, message in checks:
             if not ok:

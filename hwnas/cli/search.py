@@ -29,8 +29,9 @@ FLAGS = {
     "grad_clip": "grad_clip", "arch_warmup_epochs": "arch_warmup_epochs", "target": "target", "latency": "latency_ms",
     "latency_loss": "latency_loss", "latency_lambda": "latency_lambda", "width_mult": "width_mult",
     "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
+    "measured_repairs": "measured_repairs",
 }  # fmt: skip
-RESUMABLE = ("epochs", "device", "sync_bn")  # a resumed run may continue longer, elsewhere
+RESUMABLE = ("epochs", "device", "sync_bn", "measured_repairs")  # a resumed run may continue longer, elsewhere
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--latency-loss", choices=["target", "additive", "multiplicative"], help="default: target")
     hw.add_argument("--latency-lambda", type=float, help="λ of the additive form / initial λ of the target mode")
     hw.add_argument("--random-samples", type=int, help="random search: architectures trained (default 8)")
+    hw.add_argument("--measured-repairs", type=int, metavar="N",
+                    help="host tables of this machine: re-derive up to N times (default 2) from the derived network's "
+                         "measured latency when it lands outside [0.9 T, T]; 0 = measure only")  # fmt: skip
     add_data_arguments(parser)
     add_run_arguments(parser)
     dist = parser.add_argument_group("distributed search (also: torchrun --nproc_per_node N -m hwnas search ...)")

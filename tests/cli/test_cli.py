@@ -65,6 +65,10 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["search", "--dataset", "cifar10"], ["needs --data-dir"]),
         (["search", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], ["/no/such/dir does not exist"]),
         (["search", "--target", "mobile", "--latency", "fast"], ["malformed latency 'fast'"]),
+        (
+            ["search", "--target", "tflite", "--latency", "50ms", "--measured-repairs", "-1"],
+            ["measured repairs must be >= 0, got -1"],
+        ),
         (["search", "--resume", "/no/such/run"], ["does not exist"]),
         (["train", "--genotype", "DARTS_V9"], ["DARTS_V9", "neither a file nor a published genotype"]),
         (["train", "--genotype", "DARTS_V2", "--width-mult", "0.5"], ["--width-mult shapes mobile networks"]),

@@ -1,5 +1,7 @@
 """A tiny trained DARTS run (fake 16x16 data, 1 epoch) shared by the export tests."""
 
+import importlib.util
+
 import pytest
 
 from hwnas.config import DataConfig
@@ -8,6 +10,11 @@ from hwnas.train import run_train
 from tests.conftest import tiny_train_config
 
 SIZE = 16
+# TFLite export converts with litert-torch and checks with the LiteRT interpreter: both in the export extra
+needs_litert = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert")),
+    reason="needs litert-torch and ai-edge-litert (the export extra)",
+)
 
 
 @pytest.fixture(scope="session")

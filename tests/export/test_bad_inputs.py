@@ -11,6 +11,7 @@ from hwnas.errors import HwnasError
 from hwnas.export import ExportOptions, export_network, resolve_spec
 from hwnas.export import pipeline as pipeline_module
 from hwnas.spaces import load_genotype
+from tests.export.conftest import needs_litert
 
 SHAPES = {"input_size": 16, "in_channels": 3, "num_classes": 4}
 
@@ -40,6 +41,7 @@ def test_genotype_that_does_not_fit_the_space(tmp_path):
     _fails("exactly one of --run", run=str(search), genotype="DARTS_V2")
 
 
+@needs_litert
 def test_weights_that_do_not_match(train_run, tmp_path):
     spec = resolve_spec(run=str(train_run), shape={"init_channels": 8})
     with pytest.raises(HwnasError, match="do not match the architecture: tensors .*of another shape"):
@@ -75,7 +77,9 @@ def _(x):
     return torch.empty_like(x)
 
 
-@pytest.mark.parametrize("fmt,match", [("onnx", "ONNX export failed"), ("tflite", "TFLite conversion")])
+@pytest.mark.parametrize(
+    "fmt,match", [("onnx", "ONNX export failed"), pytest.param("tflite", "TFLite conversion", marks=needs_litert)]
+)
 def test_unsupported_op(monkeypatch, tmp_path, fmt, match):
     monkeypatch.setattr(pipeline_module, "build_network", lambda spec: Mystery().eval())
     spec = resolve_spec(genotype="DARTS_V2", **SHAPES)
@@ -110,6 +114,7 @@ def test_bad_options(tmp_path, options, match):
     _assert_nothing_written(tmp_path)
 
 
+@needs_litert
 def test_int8_needs_data_shaped_like_the_input(tmp_path):
     shapes = {**SHAPES, "in_channels": 1}  # the fake dataset has 3
     spec = resolve_spec(genotype="DARTS_V2", data={"dataset": "fake"}, shape={"init_channels": 4, "layers": 3},

@@ -13,7 +13,7 @@ from hwnas.export.tflite import TfliteModel
 from hwnas.latency.catalogue import mobile_blocks
 from hwnas.profilers.protocol import Protocol
 from hwnas.spaces.mobile import MobileGenotype
-from tests.export.conftest import SIZE
+from tests.export.conftest import SIZE, needs_litert
 
 FAST = Protocol(warmup_runs=1, runs=3, min_sample_ms=0.0)
 
@@ -27,6 +27,7 @@ def _report(out):
     return json.loads((out / REPORT_NAME).read_text())
 
 
+@needs_litert
 def test_darts_run_to_onnx_and_tflite(train_run, tmp_path):
     spec = resolve_spec(run=str(train_run))
     assert spec.weights is not None and spec.input_size == SIZE and spec.in_channels == 3
@@ -50,6 +51,7 @@ def test_darts_run_to_onnx_and_tflite(train_run, tmp_path):
         assert np.abs(model(x) - reference).max() <= FLOAT_TOLERANCE * scale
 
 
+@needs_litert
 def test_mobile_nhwc_dynamic_batch(tmp_path):
     # the shortest network of the space: every stage's first block only, a genotype file with width 1 that
     # --width-mult narrows
@@ -77,6 +79,7 @@ def test_mobile_nhwc_dynamic_batch(tmp_path):
     assert np.abs(tflite(nhwc) - reference).max() <= FLOAT_TOLERANCE * max(1.0, np.abs(reference).max())
 
 
+@needs_litert
 @pytest.mark.parametrize("mode", ["fp16", "int8"])
 def test_quantized_tflite_loads_and_runs(train_run, tmp_path, mode):
     spec = resolve_spec(run=str(train_run))

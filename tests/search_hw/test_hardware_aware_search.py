@@ -110,3 +110,51 @@ def test_host_targets_time_the_derived_network(tmp_path, target, caplog):
         assert saved["measured_latency_ms"] == result.summary["measured_latency_ms"]
         # the synthetic table is nothing like this machine: far from the budget, with the command that refits it
         assert f"--device {target} --space mobile --input-size {SIZE} --calibrate 50 --recalibrate" in caplog.text
+        assert saved["measured_rederivations"] == []  # "test CPU" is not this machine: measured, not re-derived
+
+
+@pytest.mark.parametrize("repairs", [2, 0])
+def test_rederived_from_its_own_measurement(tmp_path, monkeypatch, repairs):
+    """A host table of this machine whose estimates run 25% above it: the derived network is timed, re-derived
+    from that measurement and lands in [0.9 T, T] as measured (the table's own estimate now above T)."""
+    from dataclasses import replace
+
+    import hwnas.search as search
+    from hwnas.latency.catalogue import mobile_op_configs
+    from hwnas.latency.table import LatencyTable
+    from hwnas.profilers import get_profiler
+    from tests.latency.helpers import make_table
+    from tests.search_hw.conftest import SIZE, WIDTH
+
+    with get_profiler("cpu") as profiler:
+        here = profiler.device_name()
+    synthetic = make_table(mobile_op_configs(SIZE, WIDTH), target="cpu", space="mobile", input_size=SIZE)
+    table = LatencyTable(replace(synthetic.metadata, device=here), synthetic.entries)
+    table.save(tmp_path / f"cpu_mobile_{SIZE}.json")
+    seen, timed = {}, []
+
+    def spy(cfg, space, supernet):
+        seen["model"], seen["supernet"] = real_model(cfg, space, supernet), supernet
+        return seen["model"]
+
+    def this_machine(profiler, cfg, genotype, input_size):  # every network runs at 0.8x the table's estimate
+        timed.append(0.8 * seen["model"].architecture_ms(seen["supernet"], genotype))
+        return timed[-1]
+
+    real_model = search.latency_model
+    monkeypatch.setattr(search, "latency_model", spy)
+    monkeypatch.setattr(search, "_time_derived", this_machine)
+    budget = 3.0  # the synthetic space spans 1.8-3.9 ms
+    cfg = mobile_config(strategy="random", target=str(table.path), latency_ms=budget, epochs=1, random_samples=1,
+                        measured_repairs=repairs)  # fmt: skip
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    summary = result.summary
+    assert 0.9 * budget <= timed[0] / 0.8 <= budget and timed[0] < 0.9 * budget  # in by the table, out measured
+    assert len(summary["measured_rederivations"]) == len(timed) - 1 == (1 if repairs else 0)
+    kept = seen["model"].architecture_ms(seen["supernet"], result.genotype)
+    assert summary["predicted_latency_ms"] == kept and summary["measured_latency_ms"] == 0.8 * kept
+    if repairs:
+        assert 0.9 * budget <= summary["measured_latency_ms"] <= budget < kept
+    else:
+        assert summary["measured_latency_ms"] == timed[0]
+    assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == result.genotype.to_json()
