@@ -238,12 +238,12 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
     if meta.target not in HOST_DEVICES:  # tables whose profiler can time a network on this machine
         return genotype
     budget = cfg.latency_ms
-    tried = []  # (genotype, table estimate, measured)
+    tried = []  # (genotype, table estimate, measured, the repair's changes that made it)
     try:
         with get_profiler(meta.target, threads=meta.threads or 1, batch=meta.batch) as profiler:
             here = profiler.device_name()
             tried.append((genotype, summary["predicted_latency_ms"],
-                          _time_derived(profiler, cfg, genotype, latency.input_size)))  # fmt: skip
+                          _time_derived(profiler, cfg, genotype, latency.input_size), []))  # fmt: skip
             log.info("derived architecture measured on %s: %.2f ms (the table estimates %.2f ms)", meta.target,
                      tried[0][2], tried[0][1])  # fmt: skip
             if here != meta.device:
@@ -251,25 +251,27 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
                             "re-derived from measurements here", meta.target, meta.device, here)  # fmt: skip
             rederivations = cfg.measured_repairs if here == meta.device else 0
             while len(tried) <= rederivations and _miss(tried[-1][2], budget) > 0:
-                current, estimate_ms, measured = tried[-1]
+                current, estimate_ms, measured, _changes = tried[-1]
                 ratio = measured / estimate_ms
                 low, high = REDERIVE_AIM
                 candidate, changes = latency.repair(supernet, current, high * budget / ratio, floor=low / high)
                 if not changes:
                     break
                 estimate_ms = latency.architecture_ms(supernet, candidate)
-                tried.append((candidate, estimate_ms, _time_derived(profiler, cfg, candidate, latency.input_size)))
+                measured = _time_derived(profiler, cfg, candidate, latency.input_size)
+                tried.append((candidate, estimate_ms, measured, changes))
                 log.info("re-derived from the measurement (%.3fx the table's estimate), %d change(s): table %.2f ms, "
-                         "measured %.2f ms", ratio, len(changes), estimate_ms, tried[-1][2])  # fmt: skip
+                         "measured %.2f ms", ratio, len(changes), estimate_ms, measured)  # fmt: skip
     except (HwnasError, ImportError, RuntimeError) as err:
         log.warning("could not time the derived network on %s: %s", meta.target, str(err).splitlines()[0])
         if not tried:
             summary["measured_latency_ms"] = None
             return genotype
-    genotype, estimate_ms, measured = min(tried, key=lambda t: _miss(t[2], budget))
+    genotype, estimate_ms, measured, _changes = min(tried, key=lambda t: _miss(t[2], budget))
     summary.update({
         "measured_latency_ms": measured, "measured_on": here, "predicted_latency_ms": estimate_ms,
-        "measured_rederivations": [{"predicted_latency_ms": e, "measured_latency_ms": m} for _g, e, m in tried[1:]],
+        "measured_rederivations": [{"predicted_latency_ms": e, "measured_latency_ms": m, "changes": c}
+                                   for _g, e, m, c in tried[1:]],
     })  # fmt: skip
     if abs(measured / budget - 1.0) > MEASURED_TOLERANCE:
         correction = meta.network_correction

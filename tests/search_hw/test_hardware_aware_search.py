@@ -155,6 +155,7 @@ def test_rederived_from_its_own_measurement(tmp_path, monkeypatch, repairs):
     assert summary["predicted_latency_ms"] == kept and summary["measured_latency_ms"] == 0.8 * kept
     if repairs:
         assert 0.9 * budget <= summary["measured_latency_ms"] <= budget < kept
+        assert all(change["delta_ms"] > 0 for change in summary["measured_rederivations"][0]["changes"])
     else:
         assert summary["measured_latency_ms"] == timed[0]
     assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == result.genotype.to_json()
