@@ -203,77 +203,109 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
     return genotype
 
 
-MEASURED_TOLERANCE = 0.10  # a measured derived network farther than this from the budget gets a refit warning
-MEASURED_BAND = (0.90, 1.00)  # where the derived network's measured latency should land, as fractions of T
-REDERIVE_AIM = (0.92, 0.98)  # a re-derivation aims the rescaled table estimate here, inside the band
+TABLE_BAND = (0.90, 1.00)  # the search's constraint: the derived network's table estimate in [0.9 T, T]
+MEASURED_TOLERANCE = 0.10  # a network timed end to end may differ from its table sum by this (issue 6's goal: ±10% T)
+MEASURED_BAND = (0.90, 1.00)  # where the measured latency should land within that tolerance: under the budget
+MEASURED_AIMS = ((0.92, 0.98), (0.92, 1.08))  # a re-derivation aims the measured latency here: in the band, else
+# in the tolerance (margins of 0.02 T absorb the next measurement's noise)
 
 
-def _time_derived(profiler, cfg: SearchConfig, genotype, input_size: int) -> float:
-    """The derived network timed end to end by a host profiler, built as the table's calibration networks are."""
-    from hwnas.latency.calibration import CalibrationNetwork
+def _band_miss(value_ms: float, budget_ms: float, band: tuple[float, float]) -> float:
+    """How far `value_ms` lies outside band·T, as a fraction of T (0 inside)."""
+    low, high = (f * budget_ms for f in band)
+    return max(low - value_ms, value_ms - high, 0.0) / budget_ms
 
-    return CalibrationNetwork(cfg.space, genotype.to_json(), cfg.to_json(), input_size).measure(profiler).median_ms
+
+def _measured_rank(estimate_ms: float, measured_ms: float, budget_ms: float) -> tuple[float, float, float]:
+    """Lower is better: the miss outside the measured tolerance, then outside the table band, then outside the
+    measured band. The measurement wins only where the table is off by more than the tolerance."""
+    tolerance = (1.0 - MEASURED_TOLERANCE, 1.0 + MEASURED_TOLERANCE)
+    return (_band_miss(measured_ms, budget_ms, tolerance), _band_miss(estimate_ms, budget_ms, TABLE_BAND),
+            _band_miss(measured_ms, budget_ms, MEASURED_BAND))  # fmt: skip
 
 
-def _miss(measured_ms: float, budget_ms: float) -> float:
-    """How far a measured latency lies outside MEASURED_BAND·T, as a fraction of T (0 inside)."""
-    low, high = (f * budget_ms for f in MEASURED_BAND)
-    return max(low - measured_ms, measured_ms - high, 0.0) / budget_ms
+def _rederive_aim(ratio: float) -> tuple[float, float]:
+    """The table estimate to aim a re-derivation at, as fractions (low, high) of T, for networks measuring `ratio`
+    x their estimate: the first measured aim whose image under 1/ratio meets the table band (both goals held),
+    else the measured band's aim alone."""
+    for low, high in MEASURED_AIMS:
+        both = (max(low / ratio, TABLE_BAND[0]), min(high / ratio, TABLE_BAND[1]))
+        if both[0] < both[1]:
+            return both
+    low, high = MEASURED_AIMS[0]
+    return low / ratio, high / ratio
+
+
+def _time_derived(options: dict[str, Any], rounds: int, cfg: SearchConfig, genotype, input_size: int) -> float:
+    """The derived network timed end to end by a host profiler, built as the table's calibration networks are
+    and measured as they were: the median over `rounds` fresh processes."""
+    from hwnas.latency.calibration import CalibrationNetwork, measure_in_fresh_processes
+
+    network = CalibrationNetwork(cfg.space, genotype.to_json(), cfg.to_json(), input_size)
+    return measure_in_fresh_processes(network, options, rounds).median_ms
 
 
 def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: dict[str, Any]):
     """For a table measured by a host profiler: time the derived network end to end with that profiler (the
-    table's batch, threads and input size) and record it in `summary`; returns the genotype to keep.
+    table's batch, threads, protocol and rounds) and record it in `summary`; returns the genotype to keep.
 
     Where the table was measured on this machine and the network lands outside [0.9·T, T], re-derive up to
-    `cfg.measured_repairs` times: the budget repair of `_within_budget`, aimed at the budget rescaled by this
-    network's measured / estimated latency (the table's error on this very network, e.g. after the machine's
-    timings drifted since the table was made), then time the result; the network measured closest to the band
-    is kept. A measurement that cannot run here is a warning: it must not fail a finished search.
+    `cfg.measured_repairs` times: the budget repair of `_within_budget`, aimed by `_rederive_aim` at the ratio
+    measured / estimated over the tries so far (the table's error on this search's networks, e.g. after the
+    machine's timings drifted since the table was made), then time the result. The try kept is the best by
+    `_measured_rank`. A measurement that cannot run here is a warning: it must not fail a finished search.
     """
     from hwnas.latency.targets import HOST_DEVICES, profile_command
-    from hwnas.profilers import get_profiler
+    from hwnas.profilers import Protocol, get_profiler
 
     meta = latency.table.metadata
     if meta.target not in HOST_DEVICES:  # tables whose profiler can time a network on this machine
         return genotype
     budget = cfg.latency_ms
+    protocol = Protocol(**{k: v for k, v in meta.details.get("protocol", {}).items()
+                           if k in Protocol.__dataclass_fields__})  # fmt: skip
+    options = {"device": meta.target, "threads": meta.threads or 1, "batch": meta.batch, "protocol": protocol}
+    rounds = int(meta.details.get("rounds", 1))
     tried = []  # (genotype, table estimate, measured, the repair's changes that made it)
+
+    def best():
+        return min(tried, key=lambda t: _measured_rank(t[1], t[2], budget))
+
     try:
-        with get_profiler(meta.target, threads=meta.threads or 1, batch=meta.batch) as profiler:
+        with get_profiler(**options) as profiler:
             here = profiler.device_name()
-            tried.append((genotype, summary["predicted_latency_ms"],
-                          _time_derived(profiler, cfg, genotype, latency.input_size), []))  # fmt: skip
-            log.info("derived architecture measured on %s: %.2f ms (the table estimates %.2f ms)", meta.target,
-                     tried[0][2], tried[0][1])  # fmt: skip
-            if here != meta.device:
-                log.warning("the %s table was measured on %s; this machine is %s: the derived network is not "
-                            "re-derived from measurements here", meta.target, meta.device, here)  # fmt: skip
-            rederivations = cfg.measured_repairs if here == meta.device else 0
-            while len(tried) <= rederivations and _miss(tried[-1][2], budget) > 0:
-                current, estimate_ms, measured, _changes = tried[-1]
-                ratio = measured / estimate_ms
-                low, high = REDERIVE_AIM
-                candidate, changes = latency.repair(supernet, current, high * budget / ratio, floor=low / high)
-                if not changes:
-                    break
-                estimate_ms = latency.architecture_ms(supernet, candidate)
-                measured = _time_derived(profiler, cfg, candidate, latency.input_size)
-                tried.append((candidate, estimate_ms, measured, changes))
-                log.info("re-derived from the measurement (%.3fx the table's estimate), %d change(s): table %.2f ms, "
-                         "measured %.2f ms", ratio, len(changes), estimate_ms, measured)  # fmt: skip
+        tried.append((genotype, summary["predicted_latency_ms"],
+                      _time_derived(options, rounds, cfg, genotype, latency.input_size), []))  # fmt: skip
+        log.info("derived architecture measured on %s (median of %d process(es)): %.2f ms (the table estimates "
+                 "%.2f ms)", meta.target, rounds, tried[0][2], tried[0][1])  # fmt: skip
+        if here != meta.device:
+            log.warning("the %s table was measured on %s; this machine is %s: the derived network is not "
+                        "re-derived from measurements here", meta.target, meta.device, here)  # fmt: skip
+        rederivations = cfg.measured_repairs if here == meta.device else 0
+        while len(tried) <= rederivations and any(_measured_rank(*best()[1:3], budget)):
+            ratio = sum(measured / estimate for _g, estimate, measured, _c in tried) / len(tried)
+            low, high = _rederive_aim(ratio)
+            candidate, changes = latency.repair(supernet, best()[0], high * budget, floor=low / high)
+            if not changes:
+                break
+            estimate_ms = latency.architecture_ms(supernet, candidate)
+            measured = _time_derived(options, rounds, cfg, candidate, latency.input_size)
+            tried.append((candidate, estimate_ms, measured, changes))
+            log.info("re-derived from the measurements (%.3fx the table's estimates), %d change(s): table %.2f ms, "
+                     "measured %.2f ms", ratio, len(changes), estimate_ms, measured)  # fmt: skip
     except (HwnasError, ImportError, RuntimeError) as err:
         log.warning("could not time the derived network on %s: %s", meta.target, str(err).splitlines()[0])
         if not tried:
             summary["measured_latency_ms"] = None
             return genotype
-    genotype, estimate_ms, measured, _changes = min(tried, key=lambda t: _miss(t[2], budget))
+    genotype, estimate_ms, measured, _changes = best()
     summary.update({
-        "measured_latency_ms": measured, "measured_on": here, "predicted_latency_ms": estimate_ms,
+        "measured_latency_ms": measured, "measured_on": here, "measured_rounds": rounds,
+        "predicted_latency_ms": estimate_ms,
         "measured_rederivations": [{"predicted_latency_ms": e, "measured_latency_ms": m, "changes": c}
                                    for _g, e, m, c in tried[1:]],
     })  # fmt: skip
-    if abs(measured / budget - 1.0) > MEASURED_TOLERANCE:
+    if _band_miss(measured, budget, MEASURED_BAND) > 0:
         correction = meta.network_correction
         flags = [f"--calibrate {correction.architectures if correction else 50}", "--recalibrate"]
         if latency.table.path:

@@ -24,6 +24,7 @@ from hwnas.latency.calibration import (
     CalibrationNetwork,
     calibration_networks,
     calibration_path,
+    combine_rounds,
     fit_network_correction,
     load_measurements,
     save_measurements,
@@ -238,17 +239,6 @@ def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
             old.runtime_version,
             metadata.runtime_version,
         )
-
-
-def combine_rounds(measurements: list[Measurement | TableEntry]) -> TableEntry:
-    """Median of the rounds' medians, median of their IQRs (unknown counts as 0), all their runs."""
-    import numpy as np
-
-    return TableEntry(
-        float(np.median([m.median_ms for m in measurements])),
-        float(np.median([m.iqr_ms or 0.0 for m in measurements])),
-        sum(m.runs for m in measurements),
-    )
 
 
 def _networks_to_calibrate(args, table: LatencyTable, cfg: SearchConfig, input_size: int) -> list:

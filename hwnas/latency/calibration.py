@@ -70,6 +70,47 @@ class CalibrationNetwork:
         return profiler.measure_model(self.key, self.build, self.input_shape(profiler.batch))
 
 
+def combine_rounds(measurements) -> TableEntry:
+    """Median of the rounds' medians, median of their IQRs (unknown counts as 0), all their runs (`measurements`:
+    Measurement or TableEntry, one per round)."""
+    return TableEntry(
+        float(np.median([m.median_ms for m in measurements])),
+        float(np.median([m.iqr_ms or 0.0 for m in measurements])),
+        sum(m.runs for m in measurements),
+    )
+
+
+def _measure_with(options: dict[str, Any], network: CalibrationNetwork):
+    from hwnas.profilers import get_profiler
+
+    with get_profiler(**options) as profiler:
+        return network.measure(profiler)
+
+
+def measure_in_fresh_processes(network: CalibrationNetwork, options: dict[str, Any], rounds: int) -> TableEntry:
+    """`network` timed by `get_profiler(**options)` in `rounds` fresh processes, one after another: the median of
+    their medians, as `hwnas profile --rounds` measures table entries and calibration networks. Per-process
+    effects such as memory placement move a whole network's median by 1-5% between processes, and the calling
+    process (a search that just trained) is not in the state a deployed model runs in. An exporting profiler
+    exports once, into a temporary cache the rounds share. Errors in a round are raised here."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    from hwnas.profilers import PROFILERS, ExportingProfiler
+
+    if rounds < 1:
+        raise HwnasError(f"a measurement needs at least one round, got {rounds}")
+    with tempfile.TemporaryDirectory(prefix="hwnas-measure-") as cache:
+        if issubclass(PROFILERS.get(options["device"]), ExportingProfiler):
+            options = {**options, "cache_dir": cache}
+        measured = []
+        for _round in range(rounds):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+                measured.append(fresh.submit(_measure_with, options, network).result())
+    return combine_rounds(measured)
+
+
 def calibration_networks(space_name: str, cfg, input_size: int, n: int, seed: int = CALIBRATION_SEED):
     """`n` distinct random architectures of the space shaped by `cfg` (a SearchConfig); the first n of a longer
     list are the same, so asking for more later measures only the new ones."""

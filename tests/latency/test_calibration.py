@@ -6,7 +6,7 @@ import torch
 
 from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
-from hwnas.latency.calibration import calibration_networks, fit_network_correction
+from hwnas.latency.calibration import calibration_networks, fit_network_correction, measure_in_fresh_processes
 from hwnas.latency.catalogue import space_op_configs
 
 DARTS = SearchConfig(init_channels=4, layers=3, primitives=("skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
@@ -53,3 +53,19 @@ def test_mobile_calibration_networks_sum_the_mobile_catalogue():
     assert {op.key() for op in network.layers()} <= {op.key() for op in space_op_configs("mobile", 32, cfg)}
     with torch.no_grad():
         assert network.build()(torch.zeros(network.input_shape())).shape == (1, 1000)
+
+
+def test_a_network_is_timed_in_fresh_processes():
+    """Each round runs in a process of its own, the entry combines the rounds, a round's error reaches the
+    caller."""
+    from hwnas.profilers import Protocol
+
+    network = calibration_networks("mobile", SearchConfig(space="mobile", width_mult=0.35), 32, 3)[0]
+    options = {"device": "onnxruntime", "protocol": Protocol(warmup_runs=1, runs=3)}
+    entry = measure_in_fresh_processes(network, options, rounds=2)
+    assert entry.median_ms > 0 and entry.runs == 6  # Tukey's fences reject none of three samples
+    with pytest.raises(HwnasError, match="at least one round"):
+        measure_in_fresh_processes(network, options, rounds=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(HwnasError, match="CUDA"):
+            measure_in_fresh_processes(network, {"device": "gpu"}, rounds=1)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hwnas.cli import main
-from hwnas.cli.profile import combine_rounds
 from hwnas.config import SearchConfig
+from hwnas.latency.calibration import combine_rounds
 from hwnas.latency.catalogue import space_op_configs
 from hwnas.latency.table import LatencyTable, TableEntry
 from hwnas.profilers import Measurement
