@@ -262,8 +262,7 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
     if meta.target not in HOST_DEVICES:  # tables whose profiler can time a network on this machine
         return genotype
     budget = cfg.latency_ms
-    protocol = Protocol(**{k: v for k, v in meta.details.get("protocol", {}).items()
-                           if k in Protocol.__dataclass_fields__})  # fmt: skip
+    protocol = Protocol.from_json(meta.details.get("protocol", {}))
     options = {"device": meta.target, "threads": meta.threads or 1, "batch": meta.batch, "protocol": protocol}
     rounds = int(meta.details.get("rounds", 1))
     tried = []  # (genotype, table estimate, measured, the repair's changes that made it)

@@ -54,6 +54,16 @@ class Protocol:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> Protocol:
+        """The protocol that repeats one recorded in a table's metadata. Its clock is the one the measurement
+        resolved to: a host clock is kept; a device's own (the GPU profiler's CUDA events) is not the
+        protocol's to choose, so it becomes "auto"."""
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if fields.get("clock") not in CLOCKS:
+            fields["clock"] = "auto"
+        return cls(**fields)
+
 
 @dataclass(frozen=True)
 class Measurement:

@@ -26,6 +26,7 @@ from hwnas.latency.calibration import (
     calibration_path,
     combine_rounds,
     fit_network_correction,
+    in_fresh_process,
     load_measurements,
     save_measurements,
 )
@@ -195,9 +196,7 @@ def measure_rounds(args, rounds: int, metadata: TableMetadata, todo, networks, t
     between processes); each entry becomes the median of its rounds. Round files stay beside the table until
     all rounds are merged, so an interrupted run resumes where it stopped. Returns the networks' measurements
     (median of the rounds)."""
-    import multiprocessing
     import shutil
-    from concurrent.futures import ProcessPoolExecutor
 
     rounds_dir = table.path.with_name(table.path.name + ".rounds")
     options = _device_options(args, rounds_dir / "models")
@@ -205,8 +204,7 @@ def measure_rounds(args, rounds: int, metadata: TableMetadata, todo, networks, t
     for r in range(rounds):
         path = rounds_dir / f"round{r + 1}.json"
         desc = f"profile {args.device} round {r + 1}/{rounds}"
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
-            failure = fresh.submit(measure_round, options, vars(metadata), keys, networks, str(path), desc).result()
+        failure = in_fresh_process(measure_round, options, vars(metadata), keys, networks, str(path), desc)
         if failure:
             raise HwnasError(f"round {r + 1}: {failure}; re-run the same command to measure the rest")
     tables = [LatencyTable.load(rounds_dir / f"round{r + 1}.json") for r in range(rounds)] if todo else []

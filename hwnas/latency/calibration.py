@@ -80,6 +80,15 @@ def combine_rounds(measurements) -> TableEntry:
     )
 
 
+def in_fresh_process(fn, *args):
+    """`fn(*args)` in a freshly spawned process (picklable arguments and result); its exception is raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        return fresh.submit(fn, *args).result()
+
+
 def _measure_with(options: dict[str, Any], network: CalibrationNetwork):
     from hwnas.profilers import get_profiler
 
@@ -93,9 +102,7 @@ def measure_in_fresh_processes(network: CalibrationNetwork, options: dict[str, A
     effects such as memory placement move a whole network's median by 1-5% between processes, and the calling
     process (a search that just trained) is not in the state a deployed model runs in. An exporting profiler
     exports once, into a temporary cache the rounds share. Errors in a round are raised here."""
-    import multiprocessing
     import tempfile
-    from concurrent.futures import ProcessPoolExecutor
 
     from hwnas.profilers import PROFILERS, ExportingProfiler
 
@@ -104,10 +111,7 @@ def measure_in_fresh_processes(network: CalibrationNetwork, options: dict[str, A
     with tempfile.TemporaryDirectory(prefix="hwnas-measure-") as cache:
         if issubclass(PROFILERS.get(options["device"]), ExportingProfiler):
             options = {**options, "cache_dir": cache}
-        measured = []
-        for _round in range(rounds):
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
-                measured.append(fresh.submit(_measure_with, options, network).result())
+        measured = [in_fresh_process(_measure_with, options, network) for _round in range(rounds)]
     return combine_rounds(measured)
 
 

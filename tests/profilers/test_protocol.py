@@ -52,3 +52,12 @@ def test_machine_metadata():
     assert meta["threads"] == 1 and meta["python"] == platform.python_version()
     assert meta["versions"]["onnxruntime"] == "1.0" and "torch" in meta["versions"]
     assert "gpu" not in meta and machine_metadata(1, {}, gpu="H100")["gpu"] == "H100"
+
+
+@pytest.mark.parametrize(("clock", "repeated"), [("thread", "thread"), ("wall", "wall"), ("cuda-events", "auto")])
+def test_a_recorded_protocol_is_repeated(clock, repeated):
+    """A table records its protocol with the clock the measurement resolved to (`Profiler.metadata`); a host
+    clock is repeated, a device's own clock (CUDA events) goes back to auto, and unknown keys are ignored."""
+    recorded = {**Protocol(warmup_runs=3, runs=7, min_sample_ms=1.5).to_json(), "clock": clock, "rounds": 3}
+    assert Protocol.from_json(recorded) == Protocol(warmup_runs=3, runs=7, min_sample_ms=1.5, clock=repeated)
+    assert Protocol.from_json({}) == Protocol()

@@ -92,13 +92,21 @@ def test_random_search_respects_the_budget(tmp_path, synthetic_table):
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
 def test_host_targets_time_the_derived_network(tmp_path, target, caplog):
-    """A table measured by a host profiler: the summary holds the derived network's measured latency (None, with
-    a warning, where that profiler cannot run: `gpu` without CUDA)."""
+    """A table measured by a host profiler, its protocol recorded as the profiler records it: the summary holds
+    the derived network's measured latency (None, with a warning, where that profiler cannot run: `gpu` without
+    CUDA)."""
+    from dataclasses import replace
+
     from hwnas.latency.catalogue import mobile_op_configs
+    from hwnas.latency.table import LatencyTable
+    from hwnas.profilers import Protocol
     from tests.latency.helpers import make_table
     from tests.search_hw.conftest import SIZE, WIDTH
 
-    table = make_table(mobile_op_configs(SIZE, WIDTH), target=target, space="mobile", input_size=SIZE)
+    synthetic = make_table(mobile_op_configs(SIZE, WIDTH), target=target, space="mobile", input_size=SIZE)
+    clock = "cuda-events" if target == "gpu" else "thread"  # the clock each profiler's metadata records
+    details = {"protocol": {**Protocol(warmup_runs=2, runs=5).to_json(), "clock": clock}, "rounds": 1}
+    table = LatencyTable(replace(synthetic.metadata, details=details), synthetic.entries)
     table.save(tmp_path / f"{target}_mobile_{SIZE}.json")
     cfg = mobile_config(strategy="random", target=str(table.path), latency_ms=1e3, epochs=1, random_samples=1)
     result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
