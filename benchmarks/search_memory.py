@@ -7,15 +7,20 @@ One first-order search step = forward + backward of the supernet on a batch (C=1
 channels, 10 classes, all 8 DARTS ops); `discrete` is the same step on DartsNetwork(DARTS_V2, 16, 10, 8, 3).
 Variants: naive (WeightedSum), fused (WeightedSum(fused=True)), pc_naive / pc_fused (PartialChannel, K=4, edge
 normalisation). The fused variants run once per --backends choice ($HWNAS_KERNELS: `auto` is Triton on CUDA
-and the native library, where built, on the CPU). Each row runs in a fresh subprocess, which measures
+and the native library, where built, on the CPU). Each row's memory is measured in a fresh subprocess, on its
+first step:
 
 - saved_bytes: tensors saved for backward (saved_tensors_hooks), deduplicated by storage; saved_param_bytes is
   the part that are parameters or buffers (they exist anyway);
 - peak_rss_bytes: peak resident memory during the first step minus resident memory just before it (the peak
   is reset through /proc/self/clear_refs; without it, getrusage's high-water mark gives a lower bound); on
-  CUDA also peak_cuda_bytes (max_memory_allocated minus memory allocated before the step);
-- step_ms / cpu_ms: median wall and process CPU time of the timed steps after it (CUDA events on CUDA;
-  the first, measured step is the warm-up that compiles Triton kernels and lets cuDNN choose).
+  CUDA also peak_cuda_bytes (max_memory_allocated minus memory allocated before the step).
+
+Times come from one more subprocess per batch size that holds every row's network (`time_round_robin`): a
+warm-up step each (Triton compiles, cuDNN chooses), then --repeats rounds of one step per row, the order
+rotating. step_ms / cpu_ms are the median wall and process CPU time of a row's steps (CUDA events on CUDA);
+wall_x_naive / cpu_x_naive the median over rounds of its step's ratio to the naive step of the same round, which
+cancels the drift of a shared machine (several percent within minutes, as much as the differences measured).
 
 max_batch_4gib extrapolates saved_bytes, a least-squares line a + b·batch over the measured batch sizes,
 to the batch whose saved tensors fill 4 GiB: (4 GiB - a) / b. Only saved tensors count, not parameters,
@@ -83,19 +88,55 @@ def _rss_bytes(field: str | None) -> int:
     return 1024 * (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def measure(variant: str, batch: int, device: str, repeats: int, threads: int) -> dict:
-    """One row, in this process (run it in a fresh one: peak RSS and allocator state depend on history)."""
+class SearchStep:
+    """One first-order search step of a variant on a fixed random batch (seeded: every variant sees the same)."""
+
+    def __init__(self, variant: str, batch: int, device):
+        import torch
+
+        torch.manual_seed(0)
+        self.device = torch.device(device)
+        self.net = build(variant).to(self.device).train()
+        self.x = torch.randn(batch, 3, 32, 32, device=self.device)  # (B, 3, 32, 32)
+        self.y = torch.randint(0, 10, (batch,), device=self.device)
+
+    def __call__(self, hooks=contextlib.nullcontext) -> None:
+        import torch.nn.functional as F
+
+        self.net.zero_grad(set_to_none=True)
+        with hooks():  # the forward only: the fused backward's recomputation saves (and frees) its own
+            loss = F.cross_entropy(self.net(self.x), self.y)
+        loss.backward()
+
+    def timed(self) -> tuple[float, float]:
+        """(wall ms, process CPU ms) of one step; CUDA events on CUDA."""
+        import torch
+
+        c0 = time.process_time()
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self()
+            end.record()
+            torch.cuda.synchronize(self.device)
+            wall = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            self()
+            wall = 1e3 * (time.perf_counter() - t0)
+        return wall, 1e3 * (time.process_time() - c0)
+
+
+def measure(variant: str, batch: int, device: str, threads: int) -> dict:
+    """One row's memory, in this process (run it in a fresh one: peak RSS and allocator state depend on history);
+    the first step of the process, so it also compiles Triton kernels and lets cuDNN choose."""
     import torch
-    import torch.nn.functional as F
 
     from hwnas.kernels.backend import kernel_backend
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    net = build(variant).to(dev).train()
-    x = torch.randn(batch, 3, 32, 32, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
+    step = SearchStep(variant, batch, device)
+    dev, net = step.device, step.net
     param_storages = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
     saved: dict[int, int] = {}
 
@@ -103,12 +144,6 @@ def measure(variant: str, batch: int, device: str, repeats: int, threads: int) -
         storage = t.untyped_storage()
         saved[storage.data_ptr()] = storage.nbytes()
         return t
-
-    def step(hooks=contextlib.nullcontext):
-        net.zero_grad(set_to_none=True)
-        with hooks():  # the forward only: the fused backward's recomputation saves (and frees) its own
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
 
     cuda = dev.type == "cuda"
     if cuda:
@@ -133,25 +168,27 @@ def measure(variant: str, batch: int, device: str, repeats: int, threads: int) -
     }
     if cuda:
         row["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(dev) - cuda_before
-    wall, cpu = [], []
-    for _ in range(repeats):
-        c0 = time.process_time()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize(dev)
-            wall.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            wall.append(1e3 * (time.perf_counter() - t0))
-        cpu.append(1e3 * (time.process_time() - c0))
-    row["timed_steps"] = repeats
-    row["step_ms"] = round(statistics.median(wall), 1)
-    row["cpu_ms"] = round(statistics.median(cpu), 1)
     return row
+
+
+def time_round_robin(arms: list[tuple[str, str]], batch: int, device: str, rounds: int, threads: int) -> dict:
+    """Step times of every (variant, $HWNAS_KERNELS) arm in one process: a warm-up step each, then `rounds`
+    rounds of one step per arm, the order rotating. Timings on a shared machine drift by several percent within
+    minutes, more than some differences measured here; a ratio of two arms taken within one round cancels it.
+    Returns {"variant/kernels": {"wall_ms": [...], "cpu_ms": [...]}}, one value per round."""
+    import torch
+
+    torch.set_num_threads(threads)
+    steps = [SearchStep(variant, batch, device) for variant, _kernels in arms]
+    times = {f"{v}/{k}": {"wall_ms": [], "cpu_ms": []} for v, k in arms}
+    for r in range(rounds + 1):
+        for i in [(r + j) % len(arms) for j in range(len(arms))]:
+            os.environ["HWNAS_KERNELS"] = arms[i][1]
+            wall, cpu = steps[i].timed()
+            if r:  # round 0 warms up
+                times["/".join(arms[i])]["wall_ms"].append(wall)
+                times["/".join(arms[i])]["cpu_ms"].append(cpu)
+    return times
 
 
 def max_batch(rows: list[dict]) -> int:
@@ -164,18 +201,36 @@ def max_batch(rows: list[dict]) -> int:
     return int((BUDGET - (my - slope * mx)) / slope)
 
 
-def run_worker(variant: str, batch: int, kernels: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, str(batch), "--device", args.device,
-           "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+def run_worker(args, *worker: str, kernels: str = "auto"):
+    """This script's worker mode in a fresh process; its last stdout line is JSON."""
+    cmd = [sys.executable, __file__, *worker, "--device", args.device, "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]  # fmt: skip
     env = {**os.environ, "HWNAS_KERNELS": kernels}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
-        raise RuntimeError(f"{variant} batch {batch} failed:\n{done.stderr}")
+        raise RuntimeError(f"{' '.join(worker)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def add_times(rows: list[dict], times: dict, rounds: int) -> None:
+    """Each row's median step time over the rounds, and its median ratio to the naive step of the same round."""
+    naive = times.get("naive/auto")
+    for r in rows:
+        t = times[f"{r['variant']}/{r['kernels']}"]
+        r.update(timed_rounds=rounds, step_ms=round(statistics.median(t["wall_ms"]), 1),
+                 cpu_ms=round(statistics.median(t["cpu_ms"]), 1))  # fmt: skip
+        if naive:
+            for key in ("wall_ms", "cpu_ms"):
+                ratios = [a / b for a, b in zip(t[key], naive[key])]
+                r[f"{key.split('_')[0]}_x_naive"] = round(statistics.median(ratios), 3)
 
 
 def _ratio(row: dict, ref: dict | None, key: str) -> str:
     return f"{row[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
+
+
+def _paired(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
 
 
 def table(rows: list[dict]) -> str:
@@ -187,13 +242,14 @@ def table(rows: list[dict]) -> str:
     head += f"{'step ms':>9} {'x naive':>8} {'cpu ms':>9} {'x naive':>8} {'max batch@4GiB':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        d, n = by.get(("discrete", r["batch"])), by.get(("naive", r["batch"]))
+        d = by.get(("discrete", r["batch"]))
         key, width = ("peak_cuda_bytes", 13) if cuda else ("peak_rss_bytes", 12)
         lines.append(
             f"{r['variant']:<9} {r['backend']:<9} {r['batch']:>5} "
             f"{r['saved_bytes'] / mib:>10.1f} {_ratio(r, d, 'saved_bytes'):>10} "
             f"{r[key] / mib:>{width}.1f} {_ratio(r, d, key):>10} {r['step_ms']:>9.1f} "
-            f"{_ratio(r, n, 'step_ms'):>8} {r['cpu_ms']:>9.0f} {_ratio(r, n, 'cpu_ms'):>8} {r['max_batch_4gib']:>14}"
+            f"{_paired(r, 'wall_x_naive'):>8} {r['cpu_ms']:>9.0f} {_paired(r, 'cpu_x_naive'):>8} "
+            f"{r['max_batch_4gib']:>14}"
         )
     return "\n".join(lines)
 
@@ -204,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--repeats", type=int, help="timed steps per measurement, median (default 2; 20 on CUDA)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (one step per arm each; default 5, 20 on CUDA)")
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -214,24 +270,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--timing-worker", nargs=2, metavar=("ARMS", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 20 if args.device.startswith("cuda") else 2
+        args.repeats = 20 if args.device.startswith("cuda") else 5
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.repeats, args.threads)))
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.threads)))
+        return 0
+    if args.timing_worker:
+        arms = [tuple(arm.split("/")) for arm in args.timing_worker[0].split(",")]
+        batch = int(args.timing_worker[1])
+        print(json.dumps(time_round_robin(arms, batch, args.device, args.repeats, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    arms = [(v, k) for v in args.variants for k in (args.backends if v in FUSED else ["auto"])]
     rows = []
-    for variant in args.variants:
-        for kernels in args.backends if variant in FUSED else ["auto"]:
-            group = []
-            for batch in args.batch_sizes:
-                group.append(run_worker(variant, batch, kernels, args))
-                log.info("%s (%s) batch %d: %s", variant, kernels, batch, group[-1])
-            fit = max_batch(group)
-            for r in group:
-                r["max_batch_4gib"] = fit
-            rows += group
+    for variant, kernels in arms:
+        group = []
+        for batch in args.batch_sizes:
+            group.append({**run_worker(args, "--worker", variant, str(batch), kernels=kernels), "kernels": kernels})
+            log.info("%s (%s) batch %d: %s", variant, kernels, batch, group[-1])
+        fit = max_batch(group)
+        for r in group:
+            r["max_batch_4gib"] = fit
+        rows += group
+    for batch in args.batch_sizes:
+        times = run_worker(args, "--timing-worker", ",".join("/".join(arm) for arm in arms), str(batch))
+        add_times([r for r in rows if r["batch"] == batch], times, args.repeats)
+        log.info("batch %d, %d rounds: %s", batch, args.repeats,
+                 {arm: round(statistics.median(t["wall_ms"]), 1) for arm, t in times.items()})  # fmt: skip
     print(table(rows))
     write_json_atomic(args.json, rows)
     log.info("wrote %s", args.json)

@@ -1,0 +1,35 @@
+"""benchmarks/search_memory.py end to end at tiny batches: memory rows from fresh processes, paired step times."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.kernels.conftest import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "search_memory.py"
+
+
+def test_rows_hold_memory_and_round_robin_times(tmp_path: Path):
+    out = tmp_path / "memory.json"
+    cmd = [sys.executable, str(SCRIPT), "--batch-sizes", "1", "2", "--variants", "naive", "pc_fused",
+           "--backends", "auto", "reference", "--repeats", "2", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert sorted((r["variant"], r["kernels"], r["batch"]) for r in rows) == [
+        ("naive", "auto", 1), ("naive", "auto", 2), ("pc_fused", "auto", 1), ("pc_fused", "auto", 2),
+        ("pc_fused", "reference", 1), ("pc_fused", "reference", 2),
+    ]  # fmt: skip
+    by = {(r["variant"], r["kernels"], r["batch"]): r for r in rows}
+    for batch in (1, 2):
+        naive = by["naive", "auto", batch]
+        assert naive["wall_x_naive"] == naive["cpu_x_naive"] == 1.0 and naive["timed_rounds"] == 2
+        for kernels in ("auto", "reference"):
+            fused = by["pc_fused", kernels, batch]
+            assert fused["saved_bytes"] < naive["saved_bytes"] and fused["step_ms"] > 0 and fused["wall_x_naive"] > 0
+        assert by["pc_fused", "reference", batch]["backend"] == "reference"
+    assert by["naive", "auto", 2]["saved_bytes"] > by["naive", "auto", 1]["saved_bytes"]
+    assert "wall_x_naive" not in done.stdout and "x naive" in done.stdout  # the printed table
