@@ -16,7 +16,7 @@ from torch import nn
 from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
 from hwnas.profilers.build import build_op, input_shape
-from hwnas.profilers.protocol import Measurement, Protocol, cpu_model, machine_metadata, measure, timed
+from hwnas.profilers.protocol import Measurement, Protocol, host_cpu_name, machine_metadata, measure, timed
 
 RunBatch = Callable[[int], float]  # run the model n times, return the elapsed milliseconds
 
@@ -70,7 +70,7 @@ class Profiler:
 
     def device_name(self) -> str:
         """The hardware, in words, for the table metadata (devices sharing one table share this)."""
-        return f"{cpu_model()}, {os.cpu_count()} cores"
+        return host_cpu_name()
 
     @property
     def label(self) -> str:

@@ -117,6 +117,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_cpu_name() -> str:
+    """This machine's CPU as host profilers name their device in a table (`metadata.device`)."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
 def machine_metadata(threads: int, versions: dict[str, str], gpu: str | None = None) -> dict:
     """CPU model, core count, threads used, OS, Python and runtime versions, and GPU name if any."""
     import torch

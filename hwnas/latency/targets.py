@@ -1,8 +1,10 @@
 """Finding latency tables: the ones shipped in `hwnas.latency_tables` and the ones a user built.
 
 User tables live in `$HWNAS_TABLES`, else `$XDG_CACHE_HOME/hwnas/latency_tables` (default
-`~/.cache/hwnas/latency_tables`); `hwnas profile` writes there by default. A user table shadows a shipped one
-for the same target, space and input size. `resolve_target` turns a `--target` (name or path) into a table.
+`~/.cache/hwnas/latency_tables`); `hwnas profile` writes there by default. `resolve_target` turns a `--target`
+(name or path) into a table. Of several tables for one target, space and input size, a host target (`cpu`,
+`onnxruntime`, `tflite`, `gpu`: the runtime on this machine) takes one measured on this machine's device first,
+and a user table shadows a shipped one.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ class TableInfo:
     @property
     def input_size(self) -> int:
         return self.table.metadata.input_size
+
+
+def this_machine(target: str) -> str | None:
+    """The device a host target's profiler measures here, as tables name it (`metadata.device`); None for a
+    phone target, or `gpu` without CUDA."""
+    if target == "gpu":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if target in HOST_DEVICES:
+        from hwnas.profilers.protocol import host_cpu_name
+
+        return host_cpu_name()
+    return None
 
 
 def user_table_dir() -> Path:
@@ -108,7 +124,8 @@ def resolve_target(name_or_path: str, space: str, input_size: int) -> LatencyTab
             f"target {name_or_path!r} has no table for space {space!r} (only {', '.join(spaces)}); "
             + profile_hint(name_or_path, space, input_size)
         )
-    for table in for_space:  # user tables come first
+    here = this_machine(name_or_path)
+    for table in sorted(for_space, key=lambda t: t.metadata.device != here):  # stable: user tables stay first
         if table.metadata.input_size == input_size:
             return table
     sizes = ", ".join(str(s) for s in sorted({t.metadata.input_size for t in for_space}))

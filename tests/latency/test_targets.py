@@ -6,6 +6,7 @@ import pytest
 
 from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import mobile_op_configs
+from hwnas.latency.table import LatencyTable
 from hwnas.latency.targets import default_table_path, list_tables, resolve_target, user_table_dir
 from tests.latency.helpers import make_table
 
@@ -60,3 +61,19 @@ def test_malformed_user_table_is_skipped(user_tables, caplog):
         tables = list_tables()
     assert all(i.table.path.name != "broken.json" for i in tables)
     assert "broken.json" in caplog.text
+
+
+def test_host_target_takes_a_table_of_this_machine_first(user_tables):
+    """Of two user onnxruntime tables, the one measured on this machine's CPU wins over the one listed first;
+    a phone target has no such preference."""
+    from dataclasses import replace
+
+    from hwnas.latency.targets import this_machine
+
+    elsewhere = make_table(mobile_op_configs(224)[:5], target="onnxruntime")
+    elsewhere.save(user_tables / "a_onnxruntime_mobile_224.json")
+    here = LatencyTable(replace(elsewhere.metadata, device=this_machine("onnxruntime")), elsewhere.entries)
+    here.save(user_tables / "b_onnxruntime_mobile_224.json")
+    assert elsewhere.metadata.device != here.metadata.device
+    assert resolve_target("onnxruntime", "mobile", 224).path == user_tables / "b_onnxruntime_mobile_224.json"
+    assert this_machine("mobile") is None
