@@ -127,31 +127,35 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class _OpLayout:
     """Where one candidate op keeps its parameters, buffers and BatchNorms, walked once per op module: walking
-    them on every call (named_parameters, modules) cost ~3% of a PC-DARTS step."""
+    them on every call (named_parameters, modules) cost ~3% of a PC-DARTS step. Modules are held by weak
+    reference, so that the cache (keyed weakly by the op) never keeps an op alive."""
 
-    params: tuple[tuple[str, nn.Module, str], ...]  # (qualified name, owning module, attribute)
-    buffers: tuple[tuple[str, nn.Module, str], ...]
-    norms: tuple[_BatchNorm, ...]
+    params: tuple[tuple[str, weakref.ref, str], ...]  # (qualified name, owning module, attribute)
+    buffers: tuple[tuple[str, weakref.ref, str], ...]
+    norms: tuple[weakref.ref, ...]  # the op's BatchNorms
 
     @classmethod
     def of(cls, op: nn.Module) -> _OpLayout:
         layout = _LAYOUTS.get(op)
         if layout is None:
-            owners = dict(op.named_modules())
+            owners = {name: weakref.ref(m) for name, m in op.named_modules()}
 
-            def slots(named) -> tuple[tuple[str, nn.Module, str], ...]:
+            def slots(named) -> tuple[tuple[str, weakref.ref, str], ...]:
                 return tuple((name, owners[name.rpartition(".")[0]], name.rpartition(".")[2]) for name, _ in named)
 
-            norms = tuple(m for m in op.modules() if isinstance(m, _BatchNorm))
+            norms = tuple(weakref.ref(m) for m in op.modules() if isinstance(m, _BatchNorm))
             layout = _LAYOUTS[op] = cls(slots(op.named_parameters()), slots(op.named_buffers()), norms)
         return layout
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """The op's parameters as they are now (a running functional_call's substitutes included)."""
-        return {name: owner._parameters[attr] for name, owner, attr in self.params}
+        return {name: owner()._parameters[attr] for name, owner, attr in self.params}
 
     def buffer_values(self) -> dict[str, torch.Tensor]:
-        return {name: owner._buffers[attr] for name, owner, attr in self.buffers}
+        return {name: owner()._buffers[attr] for name, owner, attr in self.buffers}
+
+    def batch_norms(self) -> list[_BatchNorm]:
+        return [norm() for norm in self.norms]
 
 
 _LAYOUTS: weakref.WeakKeyDictionary[nn.Module, _OpLayout] = weakref.WeakKeyDictionary()
@@ -181,7 +185,7 @@ class _Plan:
 
 
 @contextlib.contextmanager
-def _running_stats_frozen(norms: tuple[_BatchNorm, ...]):
+def _running_stats_frozen(norms: list[_BatchNorm]):
     """Batch statistics as in training, running statistics left untouched (num_batches_tracked included)."""
     tracking = [m for m in norms if m.track_running_stats]
     for m in tracking:
@@ -235,7 +239,7 @@ class FusedMixedOp(torch.autograd.Function):
                 own = plan.own_parameters(k)
                 if own is not None:  # call the op itself: functional_call's swaps and copies cost ~2% of a step
                     leaves = [p if n else p.detach() for p, n in zip(own, needs)]
-                    with torch.enable_grad(), _running_stats_frozen(plan.layouts[k].norms):
+                    with torch.enable_grad(), _running_stats_frozen(plan.layouts[k].batch_norms()):
                         y = plan.ops[k](x_in)
                 else:
                     leaves = [p.detach().requires_grad_(n) for p, n in zip(params[start : start + len(names)], needs)]
