@@ -10,29 +10,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from hwnas.latency.targets import list_tables, user_table_dir
+    from hwnas.latency.targets import list_tables, preferred, user_table_dir
 
-    rows = [("TARGET", "SPACE", "SIZE", "DEVICE", "RUNTIME", "THREADS", "ENTRIES", "ORIGIN", "PATH")]
-    for info in list_tables():
+    infos = [i for i in list_tables() if not args.space or i.table.metadata.space == args.space]
+    groups: dict[tuple, list] = {}
+    for info in infos:
         m = info.table.metadata
-        if args.space and m.space != args.space:
-            continue
+        groups.setdefault((m.target, m.space, m.input_size), []).append(info.table)
+    taken = {id(preferred(tables, target)[0]) for (target, _space, _size), tables in groups.items()}
+    rows = [("TARGET", "SPACE", "SIZE", "DEVICE", "RUNTIME", "THREADS", "ENTRIES", "ORIGIN", "USED", "PATH")]
+    for info in infos:
+        m = info.table.metadata
         runtime = f"{m.runtime} {m.runtime_version}" if m.runtime_version != "not documented" else m.runtime
-        rows.append(
-            (
-                m.target,
-                m.space,
-                str(m.input_size),
-                m.device,
-                runtime,
-                str(m.threads or "-"),
-                str(len(info.table)),
-                info.origin,
-                str(info.table.path),
-            )
-        )
+        used = "yes" if id(info.table) in taken else "-"
+        rows.append((m.target, m.space, str(m.input_size), m.device, runtime, str(m.threads or "-"),
+                     str(len(info.table)), info.origin, used, str(info.table.path)))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    print(f"user tables: {user_table_dir()} (set $HWNAS_TABLES to change)")
+    print(f"user tables: {user_table_dir()} (set $HWNAS_TABLES to change); USED: what --target takes here")
     return 0

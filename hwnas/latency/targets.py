@@ -63,6 +63,13 @@ def this_machine(target: str) -> str | None:
     return None
 
 
+def preferred(tables: list[LatencyTable], target: str) -> list[LatencyTable]:
+    """`tables` (user ones first, as `list_tables` gives them) in the order `target` takes them: those measured
+    on this machine's device first."""
+    here = this_machine(target)
+    return sorted(tables, key=lambda t: t.metadata.device != here)  # stable: user tables stay first
+
+
 def user_table_dir() -> Path:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
@@ -124,8 +131,7 @@ def resolve_target(name_or_path: str, space: str, input_size: int) -> LatencyTab
             f"target {name_or_path!r} has no table for space {space!r} (only {', '.join(spaces)}); "
             + profile_hint(name_or_path, space, input_size)
         )
-    here = this_machine(name_or_path)
-    for table in sorted(for_space, key=lambda t: t.metadata.device != here):  # stable: user tables stay first
+    for table in preferred(for_space, name_or_path):
         if table.metadata.input_size == input_size:
             return table
     sizes = ", ".join(str(s) for s in sorted({t.metadata.input_size for t in for_space}))

@@ -63,11 +63,12 @@ def test_malformed_user_table_is_skipped(user_tables, caplog):
     assert "broken.json" in caplog.text
 
 
-def test_host_target_takes_a_table_of_this_machine_first(user_tables):
-    """Of two user onnxruntime tables, the one measured on this machine's CPU wins over the one listed first;
-    a phone target has no such preference."""
+def test_host_target_takes_a_table_of_this_machine_first(user_tables, capsys):
+    """Of two user onnxruntime tables, the one measured on this machine's CPU wins over the one listed first
+    (`hwnas targets` marks it used); a phone target has no such preference."""
     from dataclasses import replace
 
+    from hwnas.cli import main
     from hwnas.latency.targets import this_machine
 
     elsewhere = make_table(mobile_op_configs(224)[:5], target="onnxruntime")
@@ -77,3 +78,7 @@ def test_host_target_takes_a_table_of_this_machine_first(user_tables):
     assert elsewhere.metadata.device != here.metadata.device
     assert resolve_target("onnxruntime", "mobile", 224).path == user_tables / "b_onnxruntime_mobile_224.json"
     assert this_machine("mobile") is None
+    assert main(["targets", "--space", "mobile"]) == 0
+    used = {line.split()[-1]: line.split()[-2] for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert used[str(user_tables / "a_onnxruntime_mobile_224.json")] == "-"
+    assert used[str(user_tables / "b_onnxruntime_mobile_224.json")] == "yes"
