@@ -48,6 +48,7 @@ from hwnas.latency.catalogue import mobile_blocks, mobile_network_op_configs
 from hwnas.latency.features import op_cost
 from hwnas.latency.predictor import LatencyPredictor
 from hwnas.latency.table import LatencyTable
+from hwnas.latency.targets import resolve_target
 from hwnas.ops.mbconv import MOBILE_PRIMITIVES
 from hwnas.run import write_json_atomic
 
@@ -262,6 +263,7 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
         "pass_spread_median": float(np.median(spread)),
         "table": {
             "path": str(table.path.relative_to(ROOT)) if table.path else None,
+            "device": table.metadata.device,
             "date": table.metadata.date,
             "runtime_version": table.metadata.runtime_version,
         },
@@ -318,7 +320,7 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=5, help="measurement processes per runtime")
     parser.add_argument("--jobs", type=int, default=2, help="parallel exports")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tables", type=Path, default=ROOT / "latency_tables")
+    parser.add_argument("--tables", type=Path, default=ROOT / "latency_tables", help="where the phone tables are")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "hwnas_latency_accuracy")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency_accuracy.json")
     parser.add_argument("--export-only", action="store_true", help="only export (and cache) the networks")
@@ -352,7 +354,7 @@ def main() -> int:
         return 0
     results = {}
     for runtime in runtimes:
-        table = LatencyTable.load(args.tables / f"{runtime}_mobile_{INPUT_SIZE}.json", "mobile", INPUT_SIZE)
+        table = resolve_target(runtime, "mobile", INPUT_SIZE)  # this machine's table first, as a search takes
         chosen = archs
         if args.exported_only and runtime != "cpu":
             chosen = [a for a in archs if model_path(args.cache, runtime, a).exists()]
