@@ -282,8 +282,10 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
         log.info("derived architecture measured on %s (median of %d process(es)): %.2f ms (the table estimates "
                  "%.2f ms)", meta.target, rounds, tried[0][2], tried[0][1])  # fmt: skip
         if here != meta.device:
+            this_machine = profile_command(meta.target, cfg.space, latency.input_size, "--calibrate 60")
             log.warning("the %s table was measured on %s; this machine is %s: the derived network is not "
-                        "re-derived from measurements here", meta.target, meta.device, here)  # fmt: skip
+                        "re-derived from measurements here (measure this machine's table with `%s`)",
+                        meta.target, meta.device, here, this_machine)  # fmt: skip
         rederivations = cfg.measured_repairs if here == meta.device else 0
         while len(tried) <= rederivations and any(_measured_rank(*best()[1:3], budget)):
             ratio = sum(measured / estimate for _g, estimate, measured, _c in tried) / len(tried)

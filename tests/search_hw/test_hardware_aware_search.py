@@ -119,6 +119,7 @@ def test_host_targets_time_the_derived_network(tmp_path, target, caplog):
         # the synthetic table is nothing like this machine: far from the budget, with the command that refits it
         assert f"--device {target} --space mobile --input-size {SIZE} --calibrate 50 --recalibrate" in caplog.text
         assert saved["measured_rederivations"] == []  # "test CPU" is not this machine: measured, not re-derived
+        assert f"`hwnas profile --device {target} --space mobile --input-size {SIZE} --calibrate 60`" in caplog.text
 
 
 @pytest.mark.parametrize(("scale", "repairs"), [(0.8, 2), (0.8, 0), (1.08, 2), (1.15, 2)])
