@@ -141,7 +141,9 @@ class SearchConfig(JsonConfig):
             (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
             (self.measured_repairs >= 0, f"measured repairs must be >= 0, got {self.measured_repairs}"),
-        ]
+            (self.latency_input_size is None or self.latency_input_size >= 1,
+             f"latency input size must be >= 1, got {self.latency_input_size}"),
+        ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise HwnasError(message)

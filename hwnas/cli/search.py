@@ -29,7 +29,7 @@ FLAGS = {
     "grad_clip": "grad_clip", "arch_warmup_epochs": "arch_warmup_epochs", "target": "target", "latency": "latency_ms",
     "latency_loss": "latency_loss", "latency_lambda": "latency_lambda", "width_mult": "width_mult",
     "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
-    "measured_repairs": "measured_repairs",
+    "measured_repairs": "measured_repairs", "latency_input_size": "latency_input_size",
 }  # fmt: skip
 RESUMABLE = ("epochs", "device", "sync_bn", "measured_repairs")  # a resumed run may continue longer, elsewhere
 
@@ -54,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--a-lr", type=float, help="architecture learning rate (default 3e-4 darts, 3e-2 mobile)")
     parser.add_argument("--arch-warmup-epochs", type=int, help="epochs before α starts to move (default 0)")
     hw = parser.add_argument_group("hardware-aware search")
-    hw.add_argument("--target", help="latency table: a name (mobile, note10, cpu, onnxruntime, tflite) or a file")
+    hw.add_argument("--target", help="latency table: a name (mobile, cpu, onnxruntime, tflite, gpu) or a file")
+    hw.add_argument("--latency-input-size", type=int, metavar="N",
+                    help="resolution the latency is evaluated at, the table's (default 224 mobile, --image-size "
+                         "darts); training keeps --image-size")  # fmt: skip
     hw.add_argument("--latency", help="latency budget, e.g. 80ms, 80, 0.08s, 1500us")
     hw.add_argument("--latency-loss", choices=["target", "additive", "multiplicative"], help="default: target")
     hw.add_argument("--latency-lambda", type=float, help="λ of the additive form / initial λ of the target mode")

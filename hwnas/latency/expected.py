@@ -18,6 +18,7 @@ from hwnas.latency.table import LatencyTable
 from hwnas.supernet.base import Supernet
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()  # (table, predicted keys) already named in a warning
 
 
 class LatencyModel:
@@ -31,7 +32,8 @@ class LatencyModel:
         wanted = list(dict.fromkeys([c for edge in edge_configs for c in edge if c is not None] + fixed))
         estimates = {op.key(): (ms, measured) for op, ms, measured in estimate([table], wanted)}
         predicted = sorted(k for k, (_ms, measured) in estimates.items() if not measured)
-        if predicted:
+        if predicted and (table.name, tuple(predicted)) not in _WARNED:  # once, however many models a run builds
+            _WARNED.add((table.name, tuple(predicted)))
             log.warning("table %s lacks %d op configuration(s); predicted: %s", table.name, len(predicted),
                         ", ".join(predicted))  # fmt: skip
         self.predicted_keys = predicted

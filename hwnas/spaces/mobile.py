@@ -83,13 +83,20 @@ def _head(c_in: int, width_mult: float, num_classes: int) -> tuple[nn.Sequential
 
 
 class MixedBlock(nn.Module):
-    """y = x + Σ_k w_k · body_k(x) when the block has an identity shortcut, else Σ_k w_k · body_k(x)."""
+    """y = x + Σ_k w_k · body_k(x) when the block has an identity shortcut, else Σ_k w_k · body_k(x).
 
-    def __init__(self, block: MobileBlock, primitives: tuple[str, ...]):
+    With PC-DARTS's K > 1 (Xu et al. 2020, Eq. 2), an identity block's candidates see C/K of its channels and the
+    rest bypass them (channel shuffle after); a block that changes width or resolution (each stage's first) has
+    no channels to bypass with, and its candidates see all of them."""
+
+    def __init__(self, block: MobileBlock, primitives: tuple[str, ...], partial_channels: int = 1):
         super().__init__()
         self.identity = block.identity
-        ops = [MOBILE_OPS.get(p)(block.c_in, block.c_out, block.stride, False) for p in primitives]
-        self.mixed = MixedOp(list(primitives), ops, block.stride)
+        k = partial_channels if block.identity else 1
+        if block.c_in % k:
+            raise HwnasError(f"block {block.index} has {block.c_in} channels, not divisible by pc-k {k}")
+        ops = [MOBILE_OPS.get(p)(block.c_in // k, block.c_out // k, block.stride, False) for p in primitives]
+        self.mixed = MixedOp(list(primitives), ops, block.stride, k)
 
     def forward(self, x, weights, active):
         y = self.mixed(x, weights, active)
@@ -97,12 +104,13 @@ class MixedBlock(nn.Module):
 
 
 class MobileSupernet(Supernet):
-    def __init__(self, num_classes: int, in_channels: int, primitives: tuple[str, ...], width_mult: float = 1.0):
+    def __init__(self, num_classes: int, in_channels: int, primitives: tuple[str, ...], width_mult: float = 1.0,
+                 partial_channels: int = 1):  # fmt: skip
         super().__init__()
         self.primitives, self.width_mult = tuple(primitives), width_mult
         self.stem, self.first, _ = _stem_and_first(in_channels, width_mult)
         self.block_shapes = mobile_blocks(_REFERENCE_SIZE, width_mult)
-        self.blocks = nn.ModuleList(MixedBlock(b, self.primitives) for b in self.block_shapes)
+        self.blocks = nn.ModuleList(MixedBlock(b, self.primitives, partial_channels) for b in self.block_shapes)
         self.feature_mix, self.classifier = _head(self.block_shapes[-1].c_out, width_mult, num_classes)
         self.alpha = nn.Parameter(1e-3 * torch.randn(len(self.blocks), len(self.primitives)))
         allowed = torch.ones(len(self.blocks), len(self.primitives), dtype=torch.bool)
@@ -185,10 +193,12 @@ class MobileSpace(SearchSpace):
             raise HwnasError("the mobile space needs at least one MBConv primitive")
         return primitives
 
-    def build_supernet(self, cfg, in_channels: int, num_classes: int, **options: Any) -> MobileSupernet:
-        if options.get("partial_channels", 1) != 1:
-            raise HwnasError("partial channels (PC-DARTS) are defined for the DARTS cell space only")
-        return MobileSupernet(num_classes, in_channels, self.check_primitives(cfg.primitives), cfg.width_mult)
+    def build_supernet(self, cfg, in_channels: int, num_classes: int, partial_channels: int = 1,
+                       edge_normalization: bool = False) -> MobileSupernet:  # fmt: skip
+        """`edge_normalization` (PC-DARTS's β over a node's input edges) has nothing to weigh in a chain, whose
+        blocks have one input each: PC-DARTS here is partial channels alone."""
+        primitives = self.check_primitives(cfg.primitives)
+        return MobileSupernet(num_classes, in_channels, primitives, cfg.width_mult, partial_channels)
 
     def build_network(self, genotype, cfg, in_channels: int, num_classes: int) -> MobileNetwork:
         if not isinstance(genotype, MobileGenotype):

@@ -95,6 +95,8 @@ class PartialChannel(Mixing):
 
     def mix(self, edge: MixedOp, x: torch.Tensor, weights: torch.Tensor, active: list[int]) -> torch.Tensor:
         k = edge.partial_channels
+        if k == 1:  # an edge whose candidates see every channel (e.g. a mobile block that changes shape)
+            return self.combine(edge, x, weights, active)
         c_part = x.shape[1] // k
         mixed = self.combine(edge, x[:, :c_part], weights, active)  # (B, C/K, H', W')
         bypass = x[:, c_part:]  # (B, C - C/K, H, W)

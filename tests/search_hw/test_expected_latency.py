@@ -71,31 +71,65 @@ def test_a_correction_is_linear_in_e_lat_and_scales_its_gradient(synthetic_table
     assert before + sum(c["delta_ms"] for c in changes) == pytest.approx(corrected.architecture_ms(net, genotype))
 
 
+def _check_gradient(model, net, alpha, cells):
+    """∂E[LAT]/∂α at `cells` against central finite differences; returns the autograd gradient."""
+    (grad,) = torch.autograd.grad(model.expected_ms(net), alpha)
+    eps = 1e-6
+    for row, col in cells:
+        with torch.no_grad():
+            alpha[row, col] += eps
+            plus = float(model.expected_ms(net).detach())
+            alpha[row, col] -= 2 * eps
+            minus = float(model.expected_ms(net).detach())
+            alpha[row, col] += eps
+        assert float(grad[row, col]) == pytest.approx((plus - minus) / (2 * eps), rel=1e-5, abs=1e-9)
+    return grad
+
+
 @pytest.mark.parametrize("corrected", [False, True])
 def test_expected_latency_gradient_by_finite_differences(synthetic_table, corrected):
     _space, _cfg, net, model = _mobile(_corrected(synthetic_table) if corrected else synthetic_table)
     with torch.no_grad():
         net.alpha.normal_(generator=torch.Generator().manual_seed(1))
-    (grad,) = torch.autograd.grad(model.expected_ms(net), net.alpha)
-    eps = 1e-6
-    for row, col in [(0, 0), (1, 6), (5, 3), (20, 2)]:
-        with torch.no_grad():
-            net.alpha[row, col] += eps
-            plus = float(model.expected_ms(net).detach())
-            net.alpha[row, col] -= 2 * eps
-            minus = float(model.expected_ms(net).detach())
-            net.alpha[row, col] += eps
-        assert float(grad[row, col]) == pytest.approx((plus - minus) / (2 * eps), rel=1e-5, abs=1e-9)
+    grad = _check_gradient(model, net, net.alpha, [(0, 0), (1, 6), (5, 3), (20, 2)])
     assert grad[0, 6] == 0  # `zero` is not a candidate of a stage's first block
 
 
-def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
+def _darts(cfg, size=16):
     space = get_space("darts")
-    cfg = SearchConfig(init_channels=4, layers=3)
     net = space.build_supernet(cfg, 3, 10).double()
-    configs = [c for edge in space.edge_op_configs(cfg, 16) for c in edge] + space.fixed_op_configs(cfg, 16)
-    table = make_table(configs, target="synthetic", space="darts", input_size=16)
-    model = LatencyModel(space, cfg, table, net)
+    configs = [c for edge in space.edge_op_configs(cfg, size) for c in edge] + space.fixed_op_configs(cfg, size)
+    table = make_table(configs, target="synthetic", space="darts", input_size=size)
+    return space, net, table, LatencyModel(space, cfg, table, net)
+
+
+def test_darts_cell_expected_latency_gradient_by_finite_differences():
+    _space, net, _table, model = _darts(SearchConfig(init_channels=4, layers=3))
+    with torch.no_grad():
+        net.alpha_normal.normal_(generator=torch.Generator().manual_seed(4))
+        net.alpha_reduce.normal_(generator=torch.Generator().manual_seed(5))
+    for alpha in (net.alpha_normal, net.alpha_reduce):
+        grad = _check_gradient(model, net, alpha, [(0, 0), (3, 4), (8, 7), (13, 2)])
+        assert grad.abs().sum() > 0
+
+
+def test_missing_keys_are_predicted_and_named_once(synthetic_table, caplog):
+    """A table lacking some of the space's configurations: the predictor fills them in, one warning names them
+    however many latency models a run builds."""
+    dropped = sorted(synthetic_table.entries)[::9]
+    kept = {k: e for k, e in synthetic_table.entries.items() if k not in dropped}
+    partial = type(synthetic_table)(synthetic_table.metadata, kept, synthetic_table.path.with_name("partial.json"))
+    with caplog.at_level("WARNING", logger="hwnas.latency.expected"):
+        models = [_mobile(partial)[3] for _ in range(2)]
+    assert models[0].predicted_keys == models[1].predicted_keys == dropped
+    warnings = [r.getMessage() for r in caplog.records if "lacks" in r.getMessage()]
+    assert len(warnings) == 1 and all(key in warnings[0] for key in dropped)
+    assert torch.isfinite(models[0].edge_ms).all() and (models[0].edge_ms >= 0).all()
+
+
+def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
+    cfg = SearchConfig(init_channels=4, layers=3)
+    _space, net, _table, model = _darts(cfg)
     genotype = load_genotype("DARTS_V2")
     rows = {edge: r for r, edge in enumerate(edge_inputs(cfg.steps))}
     with torch.no_grad():
@@ -133,9 +167,9 @@ def test_loss_forms(synthetic_table):
     budget = float(model.expected_ms(net).detach())
     ce = torch.tensor(2.0, dtype=torch.float64)
     additive = LatencyObjective(model, budget, "additive", lam=0.5)
-    assert float(additive(ce, net)) == pytest.approx(2.5)
+    assert float(additive(ce, net).detach()) == pytest.approx(2.5)
     multiplicative = LatencyObjective(model, budget / 2, "multiplicative", beta=0.6)
-    assert float(multiplicative(ce, net)) == pytest.approx(2.0 * 2**0.6)
+    assert float(multiplicative(ce, net).detach()) == pytest.approx(2.0 * 2**0.6)
     target = LatencyObjective(model, 0.5 * model.min_ms(net) + 0.5 * budget, "target", lam=0.0)
     target(ce, net)
     assert target.lam > 0  # the argmax architecture is too slow: λ grows

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hwnas.errors import HwnasError
 from hwnas.memory import saved_tensor_bytes
 from hwnas.run import RunDir
 from hwnas.search import run_search
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
-from tests.search_hw.conftest import mobile_config
+from tests.search_hw.conftest import SIZE, WIDTH, mobile_config
 
 
 def test_mobile_space_structure():
@@ -24,12 +25,38 @@ def test_mobile_space_structure():
     assert net(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("strategy", ["proxyless", "gdas", "darts"])
+def test_pcdarts_on_the_mobile_space_runs_identity_blocks_on_a_channel_fraction():
+    """PC-DARTS K=4: identity blocks' candidates see C/4 channels; stage-first blocks (width or stride change)
+    all of them; the fused kernels give the same output and α gradient as the reference mixing."""
+    from hwnas.supernet.mixed import PartialChannel
+
+    nets = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        net = get_space("mobile").build_supernet(mobile_config(width_mult=1.0), 3, 10, partial_channels=4)
+        net.set_mixing(PartialChannel(fused=fused))
+        nets.append(net)
+    net = nets[0]
+    for block, shape in zip(net.blocks, net.block_shapes):
+        first_conv = next(m for m in block.mixed.ops[0].modules() if isinstance(m, torch.nn.Conv2d))
+        assert first_conv.in_channels == (shape.c_in // 4 if shape.identity else shape.c_in)
+        assert block.mixed.partial_channels == (4 if shape.identity else 1)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    outputs = [n(x) for n in nets]
+    grads = [torch.autograd.grad(F.cross_entropy(out, y), n.alpha)[0] for out, n in zip(outputs, nets)]
+    assert outputs[0].shape == (2, 10)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(HwnasError, match="not divisible by pc-k 5"):
+        get_space("mobile").build_supernet(mobile_config(width_mult=1.0), 3, 10, partial_channels=5)
+
+
+@pytest.mark.parametrize("strategy", ["proxyless", "gdas", "darts", "pcdarts"])
 def test_strategies_move_alpha_and_derive_valid_mobile_architectures(strategy):
     cfg = mobile_config(strategy=strategy)
     torch.manual_seed(0)
     s = STRATEGIES.get(strategy)(cfg)
-    net = get_space("mobile").build_supernet(cfg, 3, 4)
+    net = get_space("mobile").build_supernet(cfg, 3, 4, **s.supernet_options())
     s.prepare(net)
     before = net.alpha.detach().clone()
     g = torch.Generator().manual_seed(0)
@@ -176,3 +203,76 @@ def test_rederived_from_its_own_measurement(tmp_path, monkeypatch, scale, repair
         assert 0.9 * budget <= kept <= budget and 0.9 * budget <= measured <= 1.1 * budget
         assert (measured <= budget) == (scale < 1.1)
     assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == result.genotype.to_json()
+
+
+def _budget_range(table) -> tuple[float, float]:
+    from hwnas.latency.expected import LatencyModel
+
+    space = get_space("mobile")
+    probe = space.build_supernet(mobile_config(), 3, 4)
+    model = LatencyModel(space, mobile_config(), table, probe)
+    return model.min_ms(probe), model.max_ms(probe)
+
+
+MOBILE_TINY = ["--dataset", "fake", "--image-size", "16", "--width-mult", str(WIDTH), "--batch-size", "16",
+               "--epochs", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["darts", "pcdarts"])
+def test_cli_searches_to_a_budget(cli, tmp_path, synthetic_table, strategy):
+    """`hwnas search --target TABLE --latency T` as a user runs it: the mobile space by default, the derived
+    architecture in [0.9 T, T] by the table, the summary naming the table."""
+    fastest, slowest = _budget_range(synthetic_table)
+    budget = fastest + 0.5 * (slowest - fastest)
+    run = tmp_path / "run"
+    done = cli("search", "--target", str(synthetic_table.path), "--latency", f"{budget:.4f}ms", "--strategy", strategy,
+               "--latency-input-size", str(SIZE), *MOBILE_TINY, "--run-dir", str(run))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["latency_input_size"] == SIZE and summary["table"]["path"] == str(synthetic_table.path)
+    assert 0.9 * summary["latency_budget_ms"] <= summary["predicted_latency_ms"] <= summary["latency_budget_ms"]
+    assert json.loads((run / "genotype.json").read_text())["space"] == "mobile"
+    assert "predicted_latency_ms" in done.stdout
+
+
+def test_budget_above_the_slowest_warns_and_another_resolution_fails(cli, tmp_path, synthetic_table, caplog):
+    """Above the slowest architecture the constraint is inactive (a warning); a table at another resolution than
+    the one asked for is one line and exit 2, nothing written."""
+    from hwnas.search import latency_model
+    from tests.cli.test_cli import _one_line_error
+
+    _fastest, slowest = _budget_range(synthetic_table)
+    cfg = mobile_config(target=str(synthetic_table.path), latency_ms=10 * slowest)
+    space = get_space("mobile")
+    with caplog.at_level("WARNING", logger="hwnas.search"):
+        latency_model(cfg, space, space.build_supernet(cfg, 3, 4))
+    assert "above the slowest architecture" in caplog.text and "the constraint is inactive" in caplog.text
+    with pytest.raises(HwnasError, match="latency input size must be >= 1"):
+        mobile_config(latency_input_size=0).validate()
+    done = cli("search", "--target", str(synthetic_table.path), "--latency", "3ms", "--latency-input-size", "64",
+               *MOBILE_TINY, "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    _one_line_error(done, str(synthetic_table.path), "measured at input size 32, not 64")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("strategy", ["darts", "pcdarts"])
+def test_darts_space_searches_to_a_budget(tmp_path, strategy):
+    """DARTS and PC-DARTS cells are hardware-aware too: E[LAT] over each node's kept edges, derivation in band."""
+    from hwnas.config import DataConfig, SearchConfig
+    from hwnas.latency.expected import LatencyModel
+    from tests.latency.helpers import make_table
+
+    cfg = SearchConfig(space="darts", strategy=strategy, init_channels=8, layers=3, epochs=1, batch_size=16,
+                       data=DataConfig(dataset="fake", image_size=8))  # fmt: skip
+    space = get_space("darts")
+    configs = [c for edge in space.edge_op_configs(cfg, 8) for c in edge if c] + space.fixed_op_configs(cfg, 8)
+    table = make_table(configs, target="synthetic", space="darts", input_size=8)
+    table.save(tmp_path / "synthetic_darts_8.json")
+    probe = space.build_supernet(cfg, 3, 10, **STRATEGIES.get(strategy)(cfg).supernet_options())
+    model = LatencyModel(space, cfg, table, probe)
+    budget = model.min_ms(probe) + 0.5 * (model.max_ms(probe) - model.min_ms(probe))
+    cfg = cfg.replace(target=str(table.path), latency_ms=budget)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    assert 0.9 * budget <= result.summary["predicted_latency_ms"] <= budget
+    assert result.summary["predicted_latency_ms"] == pytest.approx(model.architecture_ms(probe, result.genotype))
+    assert {"expected_latency_ms", "lambda", "argmax_latency_ms"} <= set(result.history[-1])
