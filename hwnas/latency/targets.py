@@ -3,8 +3,8 @@
 User tables live in `$HWNAS_TABLES`, else `$XDG_CACHE_HOME/hwnas/latency_tables` (default
 `~/.cache/hwnas/latency_tables`); `hwnas profile` writes there by default. `resolve_target` turns a `--target`
 (name or path) into a table. Of several tables for one target, space and input size, a host target (`cpu`,
-`onnxruntime`, `tflite`, `gpu`: the runtime on this machine) takes one measured on this machine's device first,
-and a user table shadows a shipped one.
+`onnxruntime`, `tflite`, `gpu`: the runtime on this machine) takes one measured on this machine's device first;
+then a user table comes before a shipped one.
 """
 
 from __future__ import annotations

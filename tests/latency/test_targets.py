@@ -82,3 +82,24 @@ def test_host_target_takes_a_table_of_this_machine_first(user_tables, capsys):
     used = {line.split()[-1]: line.split()[-2] for line in capsys.readouterr().out.splitlines()[1:-1]}
     assert used[str(user_tables / "a_onnxruntime_mobile_224.json")] == "-"
     assert used[str(user_tables / "b_onnxruntime_mobile_224.json")] == "yes"
+
+
+def test_every_shipped_table_loads_and_every_host_table_covers_its_space(caplog):
+    """The shipped tables load without a warning; each host table holds every configuration of its space (the
+    mobile space at 224, the DARTS search shape at 32) and a per-network correction."""
+    from hwnas.config import SearchConfig
+    from hwnas.latency.catalogue import space_op_configs
+    from hwnas.latency.targets import HOST_DEVICES
+
+    with caplog.at_level(logging.WARNING):
+        shipped = [i.table for i in list_tables() if i.origin == "shipped"]
+    assert not caplog.records
+    assert {t.metadata.target for t in shipped} >= {"mobile", "note10", "cpu", "onnxruntime", "tflite"}
+    hosts = [t for t in shipped if t.metadata.target in HOST_DEVICES]
+    assert {(t.metadata.target, t.metadata.space) for t in hosts} >= {
+        (d, s) for d in ("cpu", "onnxruntime", "tflite") for s in ("mobile", "darts")
+    }
+    for table in hosts:
+        m = table.metadata
+        table.require(space_op_configs(m.space, m.input_size, SearchConfig(space=m.space)))
+        assert m.network_correction is not None and m.network_correction.a > 0, table.path
