@@ -8,18 +8,20 @@ from hwnas.config import SearchConfig
 from hwnas.export import resolve_spec
 from hwnas.export.predict import network_op_configs, predicted_latency_ms
 from hwnas.latency.catalogue import mobile_op_configs
-from hwnas.latency.table import NetworkCorrection
+from hwnas.latency.table import LatencyTable, NetworkCorrection
+from hwnas.latency.targets import this_machine
 from hwnas.spaces import get_space, load_genotype
 from tests.latency.helpers import make_table
 
 
 @pytest.fixture
 def tables(tmp_path, monkeypatch):
-    """User tables for both host runtimes (they shadow the shipped ones): mobile at 224."""
+    """User tables for both host runtimes, of this machine (so they come before the shipped ones): mobile at 224."""
     monkeypatch.setenv("HWNAS_TABLES", str(tmp_path))
     made = {}
     for target in ("onnxruntime", "tflite"):
-        table = make_table(mobile_op_configs(224), target=target)
+        synthetic = make_table(mobile_op_configs(224), target=target)
+        table = LatencyTable(dataclasses.replace(synthetic.metadata, device=this_machine(target)), synthetic.entries)
         table.save(tmp_path / f"{target}_mobile_224.json")
         made[target] = table
     return made

@@ -98,6 +98,7 @@ def test_target_mode_lands_in_the_budget_band(tmp_path, synthetic_table, fractio
     assert 0.9 * budget <= summary["predicted_latency_ms"] <= budget
     assert summary["latency_budget_ms"] == budget and summary["table"]["sha256"]
     assert {"expected_latency_ms", "lambda", "argmax_latency_ms"} <= set(result.history[-1])
+    assert result.history[-1]["lambda"] != cfg.latency_lambda  # the dual step moved λ (its sign: test_loss_forms)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["predicted_latency_ms"] == summary["predicted_latency_ms"]
     assert (tmp_path / "run" / "architecture.png").is_file()
