@@ -203,6 +203,9 @@ class DartsSupernet(Supernet):
     def alpha_groups(self) -> dict[str, torch.Tensor]:
         return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
 
+    def alpha_parameters(self) -> dict[str, nn.Parameter]:
+        return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
+
     def group_edges(self, group: str) -> list[MixedOp]:
         cells = [c for c in self.cells if c.reduction == (group == "reduce")]
         return list(cells[0].edges) if cells else []

@@ -127,6 +127,9 @@ class MobileSupernet(Supernet):
         """α with `zero` masked out (−inf) on each stage's first block, where it is not a candidate."""
         return {"blocks": self.alpha.masked_fill(~self.allowed_mask, float("-inf"))}
 
+    def alpha_parameters(self) -> dict[str, nn.Parameter]:
+        return {"blocks": self.alpha}
+
     def group_edges(self, group: str) -> list[MixedOp]:
         return [b.mixed for b in self.blocks]
 

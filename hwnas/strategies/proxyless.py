@@ -18,13 +18,19 @@ from hwnas.supernet.mixed import SampledPaths
 class Proxyless(Strategy):
     name = "proxyless"
 
+    def prepare(self, supernet) -> None:
+        super().prepare(supernet)
+        # ProxylessNAS's α optimiser, as in its reference code: Adam without momentum or weight decay, so that a path
+        # outside this step's sampled pair (binary-gate gradient zero) keeps its α, and the rescale its probability
+        self.a_opt = torch.optim.Adam(supernet.arch_parameters(), self.cfg.arch_lr, betas=(0.0, self.cfg.a_betas[1]))
+
     def mixing(self):
         self.one_path = SampledPaths(1, generator=self.generator)
         self.two_paths = SampledPaths(2, generator=self.generator)
         return self.one_path
 
     def arch_step(self, train_batch, val_batch):
-        alphas = self.supernet.alpha_groups()
+        alphas = self.supernet.alpha_parameters()  # the parameters themselves: the rescale writes into them
         before = {g: a.detach().clone() for g, a in alphas.items()}
         self.supernet.set_mixing(self.two_paths)
         try:

@@ -31,6 +31,11 @@ class Supernet(nn.Module):
     def group_edges(self, group: str) -> list[MixedOp]:
         raise NotImplementedError
 
+    def alpha_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameter behind each α group, same shape, for strategies that edit α in place (a group itself
+        may be a masked copy)."""
+        raise NotImplementedError
+
     def arch_parameters(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self._arch_parameter_list()}
         return [p for p in self.parameters() if id(p) in ids]

@@ -67,6 +67,31 @@ def test_strategies_move_alpha_and_derive_valid_mobile_architectures(strategy):
     s.derive().validate()
 
 
+def test_proxyless_rescale_keeps_unsampled_probabilities_on_the_mobile_space():
+    """An α step moves only the two sampled paths of each block and keeps their total probability (ProxylessNAS
+    Sec. 3.2.1), with the strategy's own optimiser, step after step: on the mobile supernet, whose α group is a
+    masked copy of its parameter."""
+    cfg = mobile_config(strategy="proxyless")
+    torch.manual_seed(0)
+    s = STRATEGIES.get("proxyless")(cfg)
+    net = get_space("mobile").build_supernet(cfg, 3, 4)
+    s.prepare(net)
+    with torch.no_grad():
+        net.alpha.normal_()
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        s.generator.manual_seed(step)
+        batch = (torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g))
+        before = net.probabilities()["blocks"].detach()
+        s.arch_step(batch, batch)
+        after = net.probabilities()["blocks"].detach()
+        for row, pair in enumerate(net.last_paths["blocks"].active):
+            others = [k for k in range(after.shape[1]) if k not in pair]
+            torch.testing.assert_close(after[row, others], before[row, others], atol=1e-6, rtol=0)
+            torch.testing.assert_close(after[row, pair].sum(), before[row, pair].sum(), atol=1e-6, rtol=0)
+        assert not torch.allclose(after, before)
+
+
 def test_proxyless_weight_step_saves_one_paths_memory():
     """ProxylessNAS's weight step keeps one path's activations: within 20% of the sampled network's."""
     cfg = mobile_config(strategy="proxyless", width_mult=1.0)
