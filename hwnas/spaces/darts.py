@@ -201,7 +201,7 @@ class DartsSupernet(Supernet):
         return params + ([self.beta_normal, self.beta_reduce] if self.edge_normalization else [])
 
     def alpha_groups(self) -> dict[str, torch.Tensor]:
-        return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
+        return self.alpha_parameters()  # no masking: every candidate is allowed on every edge
 
     def alpha_parameters(self) -> dict[str, nn.Parameter]:
         return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
