@@ -16,11 +16,12 @@ first step:
   is reset through /proc/self/clear_refs; without it, getrusage's high-water mark gives a lower bound); on
   CUDA also peak_cuda_bytes (max_memory_allocated minus memory allocated before the step).
 
-Times come from one more subprocess per batch size that holds every row's network (`time_round_robin`): a
-warm-up step each (Triton compiles, cuDNN chooses), then --repeats rounds of one step per row, the order
+Times come from one more subprocess per variant and batch size (`time_backends`), on one network: a warm-up
+step per backend (Triton compiles, cuDNN chooses), then --repeats rounds of one step per backend, the order
 rotating. step_ms / cpu_ms are the median wall and process CPU time of a row's steps (CUDA events on CUDA);
-wall_x_naive / cpu_x_naive the median over rounds of its step's ratio to the naive step of the same round, which
-cancels the drift of a shared machine (several percent within minutes, as much as the differences measured).
+wall_x_first_backend the median over rounds of its step's ratio to the first --backends choice's step of the same
+round, which cancels the drift of a shared machine (several percent within minutes, as much as two backends
+differ); x naive in the printed table divides medians taken in separate processes.
 
 max_batch_4gib extrapolates saved_bytes, a least-squares line a + b·batch over the measured batch sizes,
 to the batch whose saved tensors fill 4 GiB: (4 GiB - a) / b. Only saved tensors count, not parameters,
@@ -171,23 +172,24 @@ def measure(variant: str, batch: int, device: str, threads: int) -> dict:
     return row
 
 
-def time_round_robin(arms: list[tuple[str, str]], batch: int, device: str, rounds: int, threads: int) -> dict:
-    """Step times of every (variant, $HWNAS_KERNELS) arm in one process: a warm-up step each, then `rounds`
-    rounds of one step per arm, the order rotating. Timings on a shared machine drift by several percent within
-    minutes, more than some differences measured here; a ratio of two arms taken within one round cancels it.
-    Returns {"variant/kernels": {"wall_ms": [...], "cpu_ms": [...]}}, one value per round."""
+def time_backends(variant: str, backends: list[str], batch: int, device: str, rounds: int, threads: int) -> dict:
+    """Step times of one variant's network under each $HWNAS_KERNELS choice, in one process: a warm-up step per
+    backend, then `rounds` rounds of one step per backend, the order rotating. Timings on a shared machine drift
+    by several percent within minutes, as much as two backends may differ; a ratio taken within a round cancels
+    it. (Variants are not interleaved so: a 2 GiB naive step between two small ones leaves them cold caches and
+    unmapped pages that no search step meets.) Returns {kernels: {"wall_ms": [...], "cpu_ms": [...]}}."""
     import torch
 
     torch.set_num_threads(threads)
-    steps = [SearchStep(variant, batch, device) for variant, _kernels in arms]
-    times = {f"{v}/{k}": {"wall_ms": [], "cpu_ms": []} for v, k in arms}
+    step = SearchStep(variant, batch, device)
+    times = {k: {"wall_ms": [], "cpu_ms": []} for k in backends}
     for r in range(rounds + 1):
-        for i in [(r + j) % len(arms) for j in range(len(arms))]:
-            os.environ["HWNAS_KERNELS"] = arms[i][1]
-            wall, cpu = steps[i].timed()
+        for i in [(r + j) % len(backends) for j in range(len(backends))]:
+            os.environ["HWNAS_KERNELS"] = backends[i]
+            wall, cpu = step.timed()
             if r:  # round 0 warms up
-                times["/".join(arms[i])]["wall_ms"].append(wall)
-                times["/".join(arms[i])]["cpu_ms"].append(cpu)
+                times[backends[i]]["wall_ms"].append(wall)
+                times[backends[i]]["cpu_ms"].append(cpu)
     return times
 
 
@@ -213,16 +215,16 @@ def run_worker(args, *worker: str, kernels: str = "auto"):
 
 
 def add_times(rows: list[dict], times: dict, rounds: int) -> None:
-    """Each row's median step time over the rounds, and its median ratio to the naive step of the same round."""
-    naive = times.get("naive/auto")
+    """Each row's median step time over the rounds; with several backends, its median ratio to the first
+    backend's step of the same round."""
+    first = next(iter(times))
     for r in rows:
-        t = times[f"{r['variant']}/{r['kernels']}"]
+        t = times[r["kernels"]]
         r.update(timed_rounds=rounds, step_ms=round(statistics.median(t["wall_ms"]), 1),
                  cpu_ms=round(statistics.median(t["cpu_ms"]), 1))  # fmt: skip
-        if naive:
-            for key in ("wall_ms", "cpu_ms"):
-                ratios = [a / b for a, b in zip(t[key], naive[key])]
-                r[f"{key.split('_')[0]}_x_naive"] = round(statistics.median(ratios), 3)
+        if len(times) > 1:
+            ratios = [a / b for a, b in zip(t["wall_ms"], times[first]["wall_ms"])]
+            r["wall_x_first_backend"] = round(statistics.median(ratios), 3)
 
 
 def _ratio(row: dict, ref: dict | None, key: str) -> str:
@@ -230,7 +232,7 @@ def _ratio(row: dict, ref: dict | None, key: str) -> str:
 
 
 def _paired(row: dict, key: str) -> str:
-    return f"{row[key]:.2f}" if key in row else "-"
+    return f"{row[key]:.3f}" if key in row else "-"
 
 
 def table(rows: list[dict]) -> str:
@@ -239,17 +241,17 @@ def table(rows: list[dict]) -> str:
     cuda = all("peak_cuda_bytes" in r for r in rows)
     head = f"{'variant':<9} {'backend':<9} {'batch':>5} {'saved MiB':>10} {'x discrete':>10} "
     head += f"{'peak CUDA MiB':>13} {'x discrete':>10} " if cuda else f"{'peak RSS MiB':>12} {'x discrete':>10} "
-    head += f"{'step ms':>9} {'x naive':>8} {'cpu ms':>9} {'x naive':>8} {'max batch@4GiB':>14}"
+    head += f"{'step ms':>9} {'x naive':>8} {'cpu ms':>9} {'x naive':>8} {'x 1st backend':>13} {'max batch@4GiB':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        d = by.get(("discrete", r["batch"]))
+        d, n = by.get(("discrete", r["batch"])), by.get(("naive", r["batch"]))
         key, width = ("peak_cuda_bytes", 13) if cuda else ("peak_rss_bytes", 12)
         lines.append(
             f"{r['variant']:<9} {r['backend']:<9} {r['batch']:>5} "
             f"{r['saved_bytes'] / mib:>10.1f} {_ratio(r, d, 'saved_bytes'):>10} "
             f"{r[key] / mib:>{width}.1f} {_ratio(r, d, key):>10} {r['step_ms']:>9.1f} "
-            f"{_paired(r, 'wall_x_naive'):>8} {r['cpu_ms']:>9.0f} {_paired(r, 'cpu_x_naive'):>8} "
-            f"{r['max_batch_4gib']:>14}"
+            f"{_ratio(r, n, 'step_ms'):>8} {r['cpu_ms']:>9.0f} {_ratio(r, n, 'cpu_ms'):>8} "
+            f"{_paired(r, 'wall_x_first_backend'):>13} {r['max_batch_4gib']:>14}"
         )
     return "\n".join(lines)
 
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--repeats", type=int, help="timed rounds (one step per arm each; default 5, 20 on CUDA)")
+    parser.add_argument("--repeats", type=int, help="timed rounds, one step per backend each (default 5; 20 on CUDA)")
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
-    parser.add_argument("--timing-worker", nargs=2, metavar=("ARMS", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--timing-worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 20 if args.device.startswith("cuda") else 5
@@ -278,27 +280,29 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.threads)))
         return 0
     if args.timing_worker:
-        arms = [tuple(arm.split("/")) for arm in args.timing_worker[0].split(",")]
-        batch = int(args.timing_worker[1])
-        print(json.dumps(time_round_robin(arms, batch, args.device, args.repeats, args.threads)))
+        variant, batch = args.timing_worker[0], int(args.timing_worker[1])
+        backends = args.backends if variant in FUSED else ["auto"]
+        print(json.dumps(time_backends(variant, backends, batch, args.device, args.repeats, args.threads)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    arms = [(v, k) for v in args.variants for k in (args.backends if v in FUSED else ["auto"])]
     rows = []
-    for variant, kernels in arms:
+    for variant in args.variants:
         group = []
         for batch in args.batch_sizes:
-            group.append({**run_worker(args, "--worker", variant, str(batch), kernels=kernels), "kernels": kernels})
-            log.info("%s (%s) batch %d: %s", variant, kernels, batch, group[-1])
-        fit = max_batch(group)
-        for r in group:
-            r["max_batch_4gib"] = fit
+            backends = args.backends if variant in FUSED else ["auto"]
+            batch_rows = [
+                {**run_worker(args, "--worker", variant, str(batch), kernels=k), "kernels": k} for k in backends
+            ]
+            times = run_worker(args, "--timing-worker", variant, str(batch), "--backends", *backends)
+            add_times(batch_rows, times, args.repeats)
+            log.info("%s batch %d: %s", variant, batch, batch_rows)
+            group += batch_rows
+        for kernels in {r["kernels"] for r in group}:
+            same = [r for r in group if r["kernels"] == kernels]
+            fit = max_batch(same)
+            for r in same:
+                r["max_batch_4gib"] = fit
         rows += group
-    for batch in args.batch_sizes:
-        times = run_worker(args, "--timing-worker", ",".join("/".join(arm) for arm in arms), str(batch))
-        add_times([r for r in rows if r["batch"] == batch], times, args.repeats)
-        log.info("batch %d, %d rounds: %s", batch, args.repeats,
-                 {arm: round(statistics.median(t["wall_ms"]), 1) for arm, t in times.items()})  # fmt: skip
     print(table(rows))
     write_json_atomic(args.json, rows)
     log.info("wrote %s", args.json)

@@ -91,7 +91,7 @@ def test_predict_errors(user_tables, capsys):
 
 
 def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):
-    args = ("profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,avg_pool_3x3")
+    args = ("profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,sep_conv_5x5")  # sums far apart
     assert main([*args, "--rounds", "1", "--calibrate", "3"]) == 0  # ops, then 3 networks, in this process
     path = user_tables / "cpu_darts_8.json"
     first = LatencyTable.load(path)
