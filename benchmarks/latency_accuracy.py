@@ -2,9 +2,10 @@
 
 For each host runtime (ONNX Runtime, LiteRT/XNNPACK, PyTorch eager; 1 thread), ≥300 random architectures of
 the mobile space (each non-first block skipped with probability --skip-prob, else a random MBConv candidate)
-are exported once (cached), then timed as whole networks in --passes separate processes (each figure: the
-median over processes of per-process medians; whole-model medians drift 1-4% between processes). Each is
-compared with
+are exported once (cached), then timed as whole networks in --passes separate processes with the protocol the
+runtime's table recorded (warm-up, runs, clock: a network is timed as the table's ops and calibration networks
+were), each figure the median over processes of per-process medians (whole-model medians drift 1-4% between
+processes). Each is compared with
 
 (a) the raw table sum Σ_layers F(layer) (ProxylessNAS, Cai et al. 2019, Eq. 4);
 (b) the table sum with a per-network correction a·sum + b, fitted on a disjoint set of ≥50 calibration
@@ -15,8 +16,8 @@ compared with
     shares, stem, first block, feature-mix conv and classifier, stay in: a table of the space always has them);
     `predictor_strict` holds out every layer of the architecture, those shared ones included;
 (d) the table's own network estimate, where `hwnas profile --calibrate` stored a correction in it (fitted on
-    the networks `hwnas train` builds, timed with the profilers' default protocol, when the table was made: it
-    carries those differences from (b) and the machine's drift since);
+    the networks `hwnas train` builds when the table was made: it carries that difference from (b) and the
+    machine's drift since);
 
 reporting RMSE, MAPE and the share within ±10% and ±5% (the nn-Meter accuracy metric: Zhang et al., MobiSys
 2021). The predictor is also scored on the real phone tables: leave-one-block-shape-out on the Pixel 1 table,
@@ -57,7 +58,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("onnxruntime", "tflite", "cpu")
 INPUT_SIZE = 224
 SHAPE = (1, 3, INPUT_SIZE, INPUT_SIZE)
-WHOLE_MODEL_PROTOCOL = {"warmup_runs": 3, "runs": 10, "min_sample_ms": 0.0}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,12 +135,21 @@ def export_all(runtime: str, archs: list[list[str]], cache: Path, jobs: int) -> 
     log.info("%s: exported %d networks in %.0f s", runtime, exported, time.time() - start)
 
 
+def table_protocol(table: LatencyTable):
+    """The measurement protocol `table` was profiled with (the profilers' default where it recorded none)."""
+    from hwnas.profilers import Protocol
+
+    recorded = table.metadata.details.get("protocol")
+    return Protocol.from_json(recorded) if recorded else Protocol()
+
+
 def measure_pass(runtime: str, archs: list[list[str]], cache: Path, pass_index: int) -> dict[str, float]:
-    """Median whole-network latency (ms) of every architecture, in this process, in a pass-specific order."""
-    from hwnas.profilers import Protocol, get_profiler
+    """Median whole-network latency (ms) of every architecture, in this process, in a pass-specific order, by
+    the protocol of the runtime's table."""
+    from hwnas.profilers import get_profiler
     from hwnas.profilers.protocol import measure
 
-    protocol = Protocol(**WHOLE_MODEL_PROTOCOL)
+    protocol = table_protocol(resolve_target(runtime, "mobile", INPUT_SIZE))
     profiler = get_profiler(runtime, threads=1, protocol=protocol)
     order = list(archs)
     random.Random(1000 + pass_index).shuffle(order)
@@ -155,10 +164,18 @@ def measure_pass(runtime: str, archs: list[list[str]], cache: Path, pass_index: 
     return results
 
 
+def pass_path(cache: Path, runtime: str, index: int) -> Path:
+    """Where a pass's timings are cached: named by the protocol, so that a table profiled anew is not scored on
+    networks timed the old way."""
+    protocol = table_protocol(resolve_target(runtime, "mobile", INPUT_SIZE)).to_json()
+    tag = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:8]
+    return cache / "measure" / f"{runtime}_{tag}_pass{index}.json"
+
+
 def run_passes(runtime: str, archs_file: Path, archs: list[list[str]], cache: Path, passes: int) -> list[dict]:
     out = []
     for i in range(passes):
-        path = cache / "measure" / f"{runtime}_pass{i}.json"
+        path = pass_path(cache, runtime, i)
         if not path.exists() or set(json.loads(path.read_text())) != {arch_id(a) for a in archs}:
             log.info("%s: measuring pass %d/%d in a fresh process", runtime, i + 1, passes)
             start = time.time()
@@ -266,6 +283,7 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
             "device": table.metadata.device,
             "date": table.metadata.date,
             "runtime_version": table.metadata.runtime_version,
+            "protocol": table_protocol(table).to_json(),  # the whole networks' too
         },
     }
 
@@ -338,7 +356,7 @@ def main() -> int:
         runtime, index = args.measure_pass[0], int(args.measure_pass[1])
         archs = json.loads(args.archs_file.read_text())
         write_json_atomic(
-            args.cache / "measure" / f"{runtime}_pass{index}.json",
+            pass_path(args.cache, runtime, index),
             measure_pass(runtime, archs, args.cache, index),
         )
         return 0
@@ -374,7 +392,6 @@ def main() -> int:
         "passes": args.passes,
         "threads": 1,
         "input_size": INPUT_SIZE,
-        "whole_model_protocol": WHOLE_MODEL_PROTOCOL,
         "date": datetime.date.today().isoformat(),
         "machine": _machine(),
         "wall_s_last_run": round(time.time() - started),
