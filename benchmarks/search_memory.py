@@ -1,14 +1,14 @@
 """Memory and time of one DARTS search step: naive vs fused mixed op, PC-DARTS, and the derived network.
 
     python benchmarks/search_memory.py [--batch-sizes 16 32 64] [--json PATH] [--device cpu|cuda]
-    python benchmarks/search_memory.py --device cuda --backends auto reference --json .../search_memory_cuda.json
+    python benchmarks/search_memory.py --device cuda --backends auto triton reference --json .../search_memory_cuda.json
 
 One first-order search step = forward + backward of the supernet on a batch (C=16, 8 cells, 32x32, 3 input
 channels, 10 classes, all 8 DARTS ops); `discrete` is the same step on DartsNetwork(DARTS_V2, 16, 10, 8, 3).
 Variants: naive (WeightedSum), fused (WeightedSum(fused=True)), pc_naive / pc_fused (PartialChannel, K=4, edge
-normalisation). The fused variants run once per --backends choice ($HWNAS_KERNELS: `auto` is Triton on CUDA
-and the native library, where built, on the CPU). Each row's memory is measured in a fresh subprocess, on its
-first step:
+normalisation). The fused variants run once per --backends choice ($HWNAS_KERNELS: `auto` is Triton on large
+CUDA tensors, `triton` Triton on all of them, and the native library, where built, on the CPU). Each row's
+memory is measured in a fresh subprocess, on its first step:
 
 - saved_bytes: tensors saved for backward (saved_tensors_hooks), deduplicated by storage; saved_param_bytes is
   the part that are parameters or buffers (they exist anyway);
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backends",
         nargs="+",
-        choices=("auto", "native", "reference"),
+        choices=("auto", "triton", "native", "reference"),
         default=["auto"],
         help="$HWNAS_KERNELS values the fused variants run under (default auto)",
     )

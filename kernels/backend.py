@@ -1,11 +1,11 @@
 """Which implementation runs hwnas.kernels: Triton on CUDA tensors, the native library, or plain PyTorch.
 
-Per tensor: Triton for CUDA tensors when triton is installed; else the native library (`CMakeLists.txt` at
-the repository root builds `kernels/native/libhwnas_native.so`, registering `torch.ops.hwnas.*`) for the
-devices it was built for; else the PyTorch reference, always correct, only slower. `$HWNAS_KERNELS` narrows
-the choice, to compare implementations on one device: `native` (the native library where built, else the
-reference), `reference`, or `auto` (the default). Nothing here touches CUDA at import time; the native
-library is loaded on first use.
+Per tensor: Triton for CUDA tensors when triton is installed and the tensor is large enough to repay a launch;
+else the native library (`CMakeLists.txt` at the repository root builds `kernels/native/libhwnas_native.so`,
+registering `torch.ops.hwnas.*`) for the devices it was built for; else the PyTorch reference, always correct,
+only slower. `$HWNAS_KERNELS` narrows the choice, to compare implementations on one device: `triton` (Triton
+for CUDA tensors of any size), `native` (the native library where built, else the reference), `reference`, or
+`auto` (the default). Nothing here touches CUDA at import time; the native library is loaded on first use.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ except ImportError:  # the @jit kernels then stay plain functions that nothing l
 log = logging.getLogger(__name__)
 
 ENV_VAR = "HWNAS_KERNELS"
-CHOICES = ("auto", "native", "reference")
+CHOICES = ("auto", "triton", "native", "reference")
 NATIVE_LIBRARY = Path(__file__).resolve().parent / "native" / "libhwnas_native.so"
 BUILD_COMMAND = (
     'cmake -S . -B build/native -DPython3_EXECUTABLE="$(command -v python)" && cmake --build build/native -j'
@@ -80,13 +80,17 @@ def requested() -> str:
     return choice
 
 
-def kernel_backend(device: torch.device) -> str:
-    """What runs the kernels for tensors on `device`: "triton", "native" or "reference"."""
+def kernel_backend(device: torch.device, numel: int | None = None, triton_min_numel: int = 0) -> str:
+    """What runs a kernel on `numel` elements (None: any number) on `device`: "triton", "native" or "reference".
+
+    Under `auto`, Triton takes CUDA tensors of at least `triton_min_numel` elements: below that a launch (~10 µs
+    of host work) costs more than the torch op it replaces."""
     choice = requested()
     if choice == "reference":
         return "reference"
-    if choice == "auto" and device.type == "cuda" and triton is not None:
-        return "triton"
+    if device.type == "cuda" and triton is not None:
+        if choice == "triton" or (choice == "auto" and (numel is None or numel >= triton_min_numel)):
+            return "triton"
     return "native" if _native_for(device.type) else "reference"
 
 
@@ -97,7 +101,13 @@ def backend_report() -> dict[str, str]:
     return {
         "kernels_requested": f"{requested()} (${ENV_VAR})",
         "kernels_cpu": kernel_backend(torch.device("cpu")),
-        "kernels_cuda": kernel_backend(torch.device("cuda")) if torch.cuda.is_available() else "no CUDA device",
+        "kernels_cuda": _cuda_backends() if torch.cuda.is_available() else "no CUDA device",
         "kernels_native": native,
         "triton": triton.__version__ if triton is not None else "not installed",
     }
+
+
+def _cuda_backends() -> str:
+    cuda = torch.device("cuda")
+    large, small = kernel_backend(cuda), kernel_backend(cuda, 0, 1)
+    return large if large == small else f"{large} on large tensors, {small} on small ones"

@@ -48,6 +48,9 @@ def dot_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------
 
 _BLOCK = 4096
+# Under $HWNAS_KERNELS=auto, smaller tensors go to torch: on an H200 (benchmarks/results/kernel_bandwidth.json)
+# the Triton accumulate and dot ran at half the speed of torch's at 2^20 elements, level with it from 2^24.
+TRITON_MIN_NUMEL = 1 << 24
 
 
 @jit
@@ -103,7 +106,7 @@ def weighted_accumulate(out: torch.Tensor | None, y: torch.Tensor, w: float) -> 
     overwrite = out is None
     if overwrite:
         out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-    kind = backend.kernel_backend(y.device)
+    kind = backend.kernel_backend(y.device, y.numel(), TRITON_MIN_NUMEL)
     if kind == "reference" or out.dtype != y.dtype or not (out.is_contiguous() and y.is_contiguous()):
         return weighted_accumulate_reference(out, y, w, overwrite)
     if kind == "triton":
@@ -113,7 +116,7 @@ def weighted_accumulate(out: torch.Tensor | None, y: torch.Tensor, w: float) -> 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """⟨a, b⟩ as a 0-dim tensor of a's dtype."""
-    kind = backend.kernel_backend(a.device)
+    kind = backend.kernel_backend(a.device, a.numel(), TRITON_MIN_NUMEL)
     if kind == "reference" or a.dtype != b.dtype or not (a.is_contiguous() and b.is_contiguous()):
         return dot_reference(a, b)
     return dot_triton(a, b) if kind == "triton" else torch.ops.hwnas.dot(a, b)

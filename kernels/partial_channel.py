@@ -41,6 +41,9 @@ def partial_channel_unshuffle_reference(grad: torch.Tensor, k: int) -> tuple[tor
 # ------------------------------------------------------------------------------------------------------------
 
 _BLOCK = 1024
+# Under $HWNAS_KERNELS=auto, smaller tensors go to the reference: on an H200 the Triton shuffle took 1.6x the
+# reference's time at 2^20 elements and 0.26x at 2^24 (benchmarks/results/kernel_bandwidth.json).
+TRITON_MIN_NUMEL = 1 << 22
 
 
 @jit
@@ -106,7 +109,7 @@ class PartialChannelShuffle(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mixed, bypass, k):
         ctx.k = k
-        kind = backend.kernel_backend(mixed.device)
+        kind = backend.kernel_backend(mixed.device, mixed.numel() * k, TRITON_MIN_NUMEL)
         if kind == "triton":
             return partial_channel_shuffle_triton(mixed, bypass, k)
         if kind == "native":
@@ -115,7 +118,7 @@ class PartialChannelShuffle(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        kind = backend.kernel_backend(grad.device)
+        kind = backend.kernel_backend(grad.device, grad.numel(), TRITON_MIN_NUMEL)
         if kind == "triton":
             grad_mixed, grad_bypass = partial_channel_unshuffle_triton(grad, ctx.k)
         elif kind == "native":

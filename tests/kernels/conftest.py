@@ -59,7 +59,8 @@ class Kernels:
 )
 def kernels(request, monkeypatch):
     """Run a test on each backend of each device here: the PyTorch reference and the native library (built on
-    first use) on the CPU; on a GPU also Triton, chosen as the default would, and the native CUDA kernels.
+    first use) on the CPU; on a GPU also Triton (at every size: `auto` leaves small tensors to torch) and the
+    native CUDA kernels.
     $HWNAS_KERNELS selects the backend, as a user would; TF32 is off so that CUDA compares in float32."""
     name, device = request.param.split("-")
     if name == "native":
@@ -68,7 +69,7 @@ def kernels(request, monkeypatch):
         request.getfixturevalue("native_ops")
     if name == "triton":
         pytest.importorskip("triton")
-    monkeypatch.setenv(backend.ENV_VAR, "auto" if name == "triton" else name)
+    monkeypatch.setenv(backend.ENV_VAR, name)
     if device == "cuda":
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
         monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

@@ -60,5 +60,20 @@ def test_environment_narrows_the_backend(monkeypatch):
     monkeypatch.setattr(backend, "_native_for", lambda device_type: True)
     assert backend.kernel_backend(torch.device("cuda")) == "native"  # not Triton, even where it is installed
     monkeypatch.setenv(backend.ENV_VAR, "fast")
-    with pytest.raises(HwnasError, match=r"\$HWNAS_KERNELS='fast': expected one of auto, native, reference"):
+    with pytest.raises(HwnasError, match=r"\$HWNAS_KERNELS='fast': expected one of auto, triton, native, reference"):
         backend.kernel_backend(cpu)
+
+
+def test_auto_leaves_small_cuda_tensors_to_torch(monkeypatch):
+    """No CUDA is touched: the choice depends on the device type, the size and what is installed."""
+    pytest.importorskip("triton")
+    cuda = torch.device("cuda")
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.setattr(backend, "_native_for", lambda device_type: False)
+    assert backend.kernel_backend(cuda, 1 << 20, 1 << 22) == "reference"
+    assert backend.kernel_backend(cuda, 1 << 22, 1 << 22) == "triton"
+    assert backend.kernel_backend(cuda) == "triton"
+    assert backend.kernel_backend(torch.device("cpu"), 1 << 30, 1 << 22) == "reference"
+    monkeypatch.setenv(backend.ENV_VAR, "triton")
+    assert backend.kernel_backend(cuda, 1, 1 << 22) == "triton"
+    assert backend.kernel_backend(torch.device("cpu"), 1 << 30) == "reference"  # Triton only for CUDA tensors

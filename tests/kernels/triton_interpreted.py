@@ -37,7 +37,7 @@ def test_shuffle(m, k, h, w):
 
 
 def test_fused_mixed_op_and_shuffle_dispatching_to_triton(monkeypatch):
-    monkeypatch.setattr(backend, "kernel_backend", lambda device: "triton")
+    monkeypatch.setattr(backend, "kernel_backend", lambda device, *size: "triton")
     torch.manual_seed(0)
     ops = torch.nn.ModuleList(
         [
