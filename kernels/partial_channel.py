@@ -5,19 +5,26 @@ otherwise. The reference builds the concatenation and then shuffles it (two full
 backward); the kernels read both inputs in place, strided views included, and write each channel straight to
 its shuffled position. The backward is the same permutation read the other way.
 
-Top to bottom: reference, Triton kernel, launchers, autograd.Function, entry point.
+On reduction edges the bypass is max-pooled (2x2, stride 2). `bypass_max_pool` pools it without keeping
+nn.MaxPool2d's int64 indices (twice the bytes of its float32 output): it saves its input, a view of the node
+state the mixed op saves anyway, and finds the maxima again in backward.
+
+Top to bottom: reference, Triton kernel, launchers, autograd.Functions, entry points.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
 
 from hwnas.supernet.mixed import channel_shuffle
 
 from . import backend
 from .backend import jit, tl, triton
 
-__all__ = ["partial_channel_shuffle", "partial_channel_shuffle_reference"]
+__all__ = ["bypass_max_pool", "partial_channel_shuffle", "partial_channel_shuffle_reference"]
 
 # ------------------------------------------------------------------------------------------------------------
 # Reference
@@ -126,6 +133,35 @@ class PartialChannelShuffle(torch.autograd.Function):
         else:
             grad_mixed, grad_bypass = partial_channel_unshuffle_reference(grad, ctx.k)
         return grad_mixed, grad_bypass, None
+
+
+class RecomputedMaxPool(torch.autograd.Function):
+    """max_pool2d(x, kernel, stride) saving x (already kept elsewhere) instead of the argmax indices."""
+
+    @staticmethod
+    def forward(ctx, x, kernel: int, stride: int):
+        ctx.kernel, ctx.stride = kernel, stride
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, kernel, stride)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        kernel, stride = [ctx.kernel] * 2, [ctx.stride] * 2
+        _, indices = F.max_pool2d(x, kernel, stride, return_indices=True)  # the same argmax as in forward
+        backward = torch.ops.aten.max_pool2d_with_indices_backward
+        return backward(grad, x, kernel, stride, [0, 0], [1, 1], False, indices), None, None
+
+
+def bypass_max_pool(bypass: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """pool(bypass), equal in value and gradient, for a MaxPool2d without padding, dilation or ceil mode."""
+    if pool.padding not in (0, (0, 0)) or pool.dilation not in (1, (1, 1)) or pool.ceil_mode or pool.return_indices:
+        raise ValueError(f"bypass_max_pool: unsupported pooling {pool}")
+    kernel, stride = pool.kernel_size, pool.stride
+    if not (isinstance(kernel, int) and isinstance(stride, int)):
+        raise ValueError(f"bypass_max_pool: square int kernel and stride expected, got {pool}")
+    return RecomputedMaxPool.apply(bypass, kernel, stride)
 
 
 def partial_channel_shuffle(mixed: torch.Tensor, bypass: torch.Tensor, k: int) -> torch.Tensor:

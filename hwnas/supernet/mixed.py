@@ -100,12 +100,14 @@ class PartialChannel(Mixing):
         c_part = x.shape[1] // k
         mixed = self.combine(edge, x[:, :c_part], weights, active)  # (B, C/K, H', W')
         bypass = x[:, c_part:]  # (B, C - C/K, H, W)
+        if self.fused:
+            from hwnas.kernels.partial_channel import bypass_max_pool, partial_channel_shuffle
+
+            if edge.bypass_pool is not None:
+                bypass = bypass_max_pool(bypass, edge.bypass_pool)  # (B, C - C/K, H/2, W/2)
+            return partial_channel_shuffle(mixed, bypass, k)
         if edge.bypass_pool is not None:
             bypass = edge.bypass_pool(bypass)
-        if self.fused:
-            from hwnas.kernels.partial_channel import partial_channel_shuffle
-
-            return partial_channel_shuffle(mixed, bypass, k)
         return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
 
 

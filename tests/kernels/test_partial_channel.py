@@ -1,11 +1,13 @@
-"""partial_channel_shuffle against channel_shuffle(cat([mixed, bypass]), k): value and gradients."""
+"""partial_channel_shuffle against channel_shuffle(cat([mixed, bypass]), k), and bypass_max_pool against
+nn.MaxPool2d: value and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hwnas.kernels.partial_channel import partial_channel_shuffle, partial_channel_shuffle_reference
+from hwnas.kernels.partial_channel import bypass_max_pool, partial_channel_shuffle, partial_channel_shuffle_reference
+from hwnas.memory import saved_tensor_bytes
 
 
 @pytest.mark.parametrize(
@@ -42,3 +44,28 @@ def test_gradcheck(kernels):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not fit"):
         partial_channel_shuffle(torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3), 4)
+
+
+@pytest.mark.parametrize(("batch", "c", "h", "w", "kernel"), [(1, 1, 2, 2, 2), (2, 12, 7, 9, 2), (3, 5, 8, 8, 3)])
+def test_bypass_max_pool_matches_max_pool2d(batch, c, h, w, kernel):
+    node = torch.randn(batch, c + 3, h, w, requires_grad=True)
+    bypass = node[:, 3:]  # PC-DARTS pools a channel slice of the node state: a strided view
+    g = torch.randn(batch, c, (h - kernel) // kernel + 1, (w - kernel) // kernel + 1)
+    pool = torch.nn.MaxPool2d(kernel, kernel)
+    outs = []
+    for fn in (pool, lambda t: bypass_max_pool(t, pool)):
+        y = fn(bypass)
+        outs.append((y, *torch.autograd.grad(y, node, g)))
+    for got, ref in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_bypass_max_pool_gradcheck_and_saves_no_indices():
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    pool = torch.nn.MaxPool2d(2, 2)
+    assert torch.autograd.gradcheck(lambda t: bypass_max_pool(t, pool), (x,))
+    node = torch.randn(4, 16, 32, 32, requires_grad=True)
+    assert saved_tensor_bytes(lambda: bypass_max_pool(node[:, 4:], pool).sum()) == node.numel() * 4  # only x
+    assert saved_tensor_bytes(lambda: pool(node[:, 4:]).sum()) > node.numel() * 4  # x and int64 indices
+    with pytest.raises(ValueError, match="unsupported pooling"):
+        bypass_max_pool(node, torch.nn.MaxPool2d(2, 2, padding=1))
