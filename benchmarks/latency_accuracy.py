@@ -25,6 +25,10 @@ and Note10 at 224 predicted from 160-208.
 
     python benchmarks/latency_accuracy.py                      # everything; resumable (cache in --cache)
     python benchmarks/latency_accuracy.py --runtimes onnxruntime --archs 300 --passes 3
+    python benchmarks/latency_accuracy.py --rescore            # score the stored timings again, measuring nothing
+
+The JSON keeps every pass's timings (`arch_ids`, `passes_ms`), so that a changed predictor or correction can be
+scored on the same measurements (`--rescore`, with the tables they were compared with) on any machine.
 """
 
 from __future__ import annotations
@@ -278,6 +282,8 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
         "passes": len(passes),
         "pass_medians_ms": [float(x) for x in np.median(per_pass, axis=1)],  # drifts with the machine's load
         "pass_spread_median": float(np.median(spread)),
+        "arch_ids": ids,
+        "passes_ms": [[round(float(ms), 5) for ms in row] for row in per_pass],
         "table": {
             "path": str(table.path.relative_to(ROOT)) if table.path else None,
             "device": table.metadata.device,
@@ -329,6 +335,33 @@ def phone_table_scores(tables_dir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def rescore(path: Path) -> int:
+    """Score the timings stored in `path` again, against the tables they were compared with: no measuring."""
+    stored = json.loads(path.read_text())
+    settings = stored["settings"]
+    sampled = sample_archs(settings["calibration"] + settings["archs"], settings["skip_prob"], settings["seed"])
+    by_id = {arch_id(a): a for a in sampled}
+    for runtime in RUNTIMES:
+        old = stored.get(runtime)
+        if old is None:
+            continue
+        if "passes_ms" not in old:
+            log.warning("%s: %s keeps no per-pass timings (measured before they were stored); kept", runtime, path)
+            continue
+        table = LatencyTable.load(ROOT / old["table"]["path"])
+        if table.metadata.date != old["table"]["date"]:
+            log.warning("%s: %s was re-profiled (%s) since these timings (%s)", runtime, table.path,
+                        table.metadata.date, old["table"]["date"])  # fmt: skip
+        archs = [by_id[i] for i in old["arch_ids"]]
+        passes = [dict(zip(old["arch_ids"], row)) for row in old["passes_ms"]]
+        stored[runtime] = analyse(runtime, table, archs, passes, old["n_calibration"])
+        log.info("%s: %s", runtime, json.dumps({k: v for k, v in stored[runtime].items() if "pct" in k}))
+    stored["phone_tables"] = phone_table_scores(ROOT / "latency_tables")
+    write_json_atomic(path, stored)
+    log.info("rescored %s", path)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
@@ -345,6 +378,7 @@ def main() -> int:
     parser.add_argument(
         "--exported-only", action="store_true", help="measure only the networks exported so far (no export)"
     )
+    parser.add_argument("--rescore", action="store_true", help="score the timings stored in --out again")
     parser.add_argument("--measure-pass", nargs=2, metavar=("RUNTIME", "INDEX"), help=argparse.SUPPRESS)
     parser.add_argument("--archs-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,6 +386,8 @@ def main() -> int:
     for name in ("torch", "onnx_ir", "onnxscript", "absl"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    if args.rescore:
+        return rescore(args.out)
     if args.measure_pass:
         runtime, index = args.measure_pass[0], int(args.measure_pass[1])
         archs = json.loads(args.archs_file.read_text())

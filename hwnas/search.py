@@ -259,8 +259,9 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
     machine's timings drifted since the table was made), then time the result. The try kept is the best by
     `_measured_rank`. A measurement that cannot run here is a warning: it must not fail a finished search.
     """
-    from hwnas.latency.targets import HOST_DEVICES, profile_command
+    from hwnas.latency.targets import HOST_DEVICES, machine_match, profile_command
     from hwnas.profilers import Protocol, get_profiler
+    from hwnas.profilers.protocol import cpu_signature
 
     meta = latency.table.metadata
     if meta.target not in HOST_DEVICES:  # tables whose profiler can time a network on this machine
@@ -281,12 +282,14 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
                       _time_derived(options, rounds, cfg, genotype, latency.input_size), []))  # fmt: skip
         log.info("derived architecture measured on %s (median of %d process(es)): %.2f ms (the table estimates "
                  "%.2f ms)", meta.target, rounds, tried[0][2], tried[0][1])  # fmt: skip
-        if here != meta.device:
+        mine = machine_match(latency.table) > 0
+        if not mine:
             this_machine = profile_command(meta.target, cfg.space, latency.input_size, "--calibrate 60")
-            log.warning("the %s table was measured on %s; this machine is %s: the derived network is not "
-                        "re-derived from measurements here (measure this machine's table with `%s`)",
-                        meta.target, meta.device, here, this_machine)  # fmt: skip
-        rederivations = cfg.measured_repairs if here == meta.device else 0
+            log.warning("the %s table was measured on %s (%s); this machine is %s (%s): the derived network is "
+                        "not re-derived from measurements here (measure this machine's table with `%s`)",
+                        meta.target, meta.device, meta.details.get("machine", {}).get("cpu_signature", "-"),
+                        here, cpu_signature() or "-", this_machine)  # fmt: skip
+        rederivations = cfg.measured_repairs if mine else 0
         while len(tried) <= rederivations and any(_measured_rank(*best()[1:3], budget)):
             ratio = sum(measured / estimate for _g, estimate, measured, _c in tried) / len(tried)
             low, high = _rederive_aim(ratio)

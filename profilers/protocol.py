@@ -20,6 +20,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -117,17 +118,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_signature() -> str:
+    """What tells apart CPUs sold (or virtualised) under one name, e.g. a VM's "Intel(R) Xeon(R) Processor": the
+    first CPU's family, model and stepping and its L2 size, as Linux reports them; "" where it does not."""
+    wanted, fields = ("cpu family", "model", "stepping"), {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if not key and fields:  # the first processor's block has ended
+                    break
+                fields.setdefault(key, value)
+    except OSError:
+        return ""
+    if not all(fields.get(k, "").isdigit() for k in wanted):
+        return ""
+    signature = "family {} model {} stepping {}".format(*(fields[k] for k in wanted))
+    for cache in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (cache / "level").read_text().strip() == "2":
+                return f"{signature}, L2 {(cache / 'size').read_text().strip()}"
+        except OSError:
+            continue
+    return signature
+
+
 def host_cpu_name() -> str:
     """This machine's CPU as host profilers name their device in a table (`metadata.device`)."""
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def machine_metadata(threads: int, versions: dict[str, str], gpu: str | None = None) -> dict:
-    """CPU model, core count, threads used, OS, Python and runtime versions, and GPU name if any."""
+    """CPU model and signature, core count, threads used, OS, Python and runtime versions, and GPU name if any."""
     import torch
 
     meta = {
         "cpu": cpu_model(),
+        "cpu_signature": cpu_signature(),
         "cores": os.cpu_count(),
         "threads": threads,
         "os": f"{platform.system()} {platform.release()}",

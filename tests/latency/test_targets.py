@@ -84,6 +84,33 @@ def test_host_target_takes_a_table_of_this_machine_first(user_tables, capsys):
     assert used[str(user_tables / "b_onnxruntime_mobile_224.json")] == "yes"
 
 
+def test_a_table_of_this_cpu_name_but_another_signature_is_not_this_machines(user_tables):
+    """One CPU name can hide different hardware (a VM's "Intel(R) Xeon(R) Processor"): a table recording this
+    machine's signature wins over one recording none (older tables), which wins over one recording another."""
+    from dataclasses import replace
+
+    from hwnas.latency.targets import machine_match, this_machine
+    from hwnas.profilers.protocol import cpu_signature
+
+    base = make_table(mobile_op_configs(224)[:5], target="onnxruntime")
+    device = this_machine("onnxruntime")
+
+    def signed(signature: str | None, name: str) -> LatencyTable:
+        details = {**base.metadata.details, "machine": {} if signature is None else {"cpu_signature": signature}}
+        table = LatencyTable(replace(base.metadata, device=device, details=details), base.entries)
+        table.save(user_tables / name)
+        return LatencyTable.load(user_tables / name)
+
+    other = signed("family 6 model 1 stepping 0, L2 1K", "a_onnxruntime_mobile_224.json")
+    unsigned = signed(None, "b_onnxruntime_mobile_224.json")
+    assert (machine_match(other), machine_match(unsigned)) == (0, 1)
+    assert resolve_target("onnxruntime", "mobile", 224).path == unsigned.path
+    if cpu_signature():  # Linux reports one
+        mine = signed(cpu_signature(), "c_onnxruntime_mobile_224.json")
+        assert machine_match(mine) == 2
+        assert resolve_target("onnxruntime", "mobile", 224).path == mine.path
+
+
 def test_every_shipped_table_loads_and_every_host_table_covers_its_space(caplog):
     """The shipped tables load without a warning; each host table holds every configuration of its space (the
     mobile space at 224, the DARTS search shape at 32) and a per-network correction."""

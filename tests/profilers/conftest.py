@@ -15,11 +15,12 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 FAKE_ADB = """#!{python} -S
-import json, os, sys
+import fcntl, json, os, sys
 args = sys.argv[1:]
-log = os.environ["FAKE_ADB_LOG"]
-history = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
-with open(log, "a") as f:
+with open(os.environ["FAKE_ADB_LOG"], "a+") as f:  # locked: phones are measured from parallel threads
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    history = [json.loads(line) for line in f]
     f.write(json.dumps(args) + "\\n")
 serial = None
 if args[:1] == ["-s"]:
