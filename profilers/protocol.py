@@ -13,6 +13,7 @@ percent. With several threads, or with ``clock="wall"``, the wall clock (`time.p
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -107,21 +108,10 @@ def timed(fn: Callable[[], object], clock: str) -> Callable[[int], float]:
     return run_batch
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_signature() -> str:
-    """What tells apart CPUs sold (or virtualised) under one name, e.g. a VM's "Intel(R) Xeon(R) Processor": the
-    first CPU's family, model and stepping and its L2 size, as Linux reports them; "" where it does not."""
-    wanted, fields = ("cpu family", "model", "stepping"), {}
+@functools.cache
+def _first_cpu() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -130,7 +120,18 @@ def cpu_signature() -> str:
                     break
                 fields.setdefault(key, value)
     except OSError:
-        return ""
+        pass
+    return fields
+
+
+def cpu_model() -> str:
+    return _first_cpu().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_signature() -> str:
+    """What tells apart CPUs sold (or virtualised) under one name, e.g. a VM's "Intel(R) Xeon(R) Processor": the
+    first CPU's family, model and stepping and its L2 size, as Linux reports them; "" where it does not."""
+    wanted, fields = ("cpu family", "model", "stepping"), _first_cpu()
     if not all(fields.get(k, "").isdigit() for k in wanted):
         return ""
     signature = "family {} model {} stepping {}".format(*(fields[k] for k in wanted))

@@ -67,7 +67,7 @@ def machine_match(table: LatencyTable) -> int:
     """2: `table` was measured on this machine's device, to its CPU signature (family, model, stepping, L2) where
     the table records one, 1: on a device of this name whose signature the table does not record (tables made
     before signatures were), 0: elsewhere. A VM's CPU name ("Intel(R) Xeon(R) Processor") can hide different
-    hardware: one such VM ran the ops of another's table 1.33x slower."""
+    hardware: one such VM ran the ONNX Runtime ops of another's table 1.40x slower."""
     if table.metadata.device != this_machine(table.metadata.target):
         return 0
     if table.metadata.target == "gpu":  # named by the GPU, whatever the host CPU
