@@ -8,10 +8,9 @@ from hwnas.config import SearchConfig
 from hwnas.export import resolve_spec
 from hwnas.export.predict import network_op_configs, predicted_latency_ms
 from hwnas.latency.catalogue import mobile_op_configs
-from hwnas.latency.table import LatencyTable, NetworkCorrection
-from hwnas.latency.targets import this_machine
+from hwnas.latency.table import NetworkCorrection
 from hwnas.spaces import get_space, load_genotype
-from tests.latency.helpers import make_table
+from tests.latency.helpers import make_table, of_this_machine
 
 
 @pytest.fixture
@@ -21,7 +20,7 @@ def tables(tmp_path, monkeypatch):
     made = {}
     for target in ("onnxruntime", "tflite"):
         synthetic = make_table(mobile_op_configs(224), target=target)
-        table = LatencyTable(dataclasses.replace(synthetic.metadata, device=this_machine(target)), synthetic.entries)
+        table = of_this_machine(synthetic)
         table.save(tmp_path / f"{target}_mobile_224.json")
         made[target] = table
     return made

@@ -1,5 +1,6 @@
 """Helpers shared by the latency tests."""
 
+from dataclasses import replace
 from pathlib import Path
 
 from hwnas.latency.features import op_cost
@@ -25,3 +26,14 @@ def make_table(configs: list[OpConfig], target="cpu", space="mobile", input_size
     )
     entries = {op.key(): TableEntry(op_cost(op).macs / 1e6 + 0.001, 0.01, 10) for op in configs}
     return LatencyTable(metadata, entries)
+
+
+def of_this_machine(table: LatencyTable) -> LatencyTable:
+    """`table` as `hwnas profile` writes it here: this machine's device name and CPU signature."""
+    from hwnas.latency.targets import this_machine
+    from hwnas.profilers.protocol import cpu_signature
+
+    machine = {**table.metadata.details.get("machine", {}), "cpu_signature": cpu_signature()}
+    details = {**table.metadata.details, "machine": machine}
+    device = this_machine(table.metadata.target)
+    return LatencyTable(replace(table.metadata, device=device, details=details), table.entries)

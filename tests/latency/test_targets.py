@@ -8,7 +8,7 @@ from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import mobile_op_configs
 from hwnas.latency.table import LatencyTable
 from hwnas.latency.targets import default_table_path, list_tables, resolve_target, user_table_dir
-from tests.latency.helpers import make_table
+from tests.latency.helpers import make_table, of_this_machine
 
 
 def test_user_dir_from_environment(user_tables, monkeypatch):
@@ -66,14 +66,13 @@ def test_malformed_user_table_is_skipped(user_tables, caplog):
 def test_host_target_takes_a_table_of_this_machine_first(user_tables, capsys):
     """Of two user onnxruntime tables, the one measured on this machine's CPU wins over the one listed first
     (`hwnas targets` marks it used); a phone target has no such preference."""
-    from dataclasses import replace
 
     from hwnas.cli import main
     from hwnas.latency.targets import this_machine
 
     elsewhere = make_table(mobile_op_configs(224)[:5], target="onnxruntime")
     elsewhere.save(user_tables / "a_onnxruntime_mobile_224.json")
-    here = LatencyTable(replace(elsewhere.metadata, device=this_machine("onnxruntime")), elsewhere.entries)
+    here = of_this_machine(elsewhere)
     here.save(user_tables / "b_onnxruntime_mobile_224.json")
     assert elsewhere.metadata.device != here.metadata.device
     assert resolve_target("onnxruntime", "mobile", 224).path == user_tables / "b_onnxruntime_mobile_224.json"
@@ -84,31 +83,26 @@ def test_host_target_takes_a_table_of_this_machine_first(user_tables, capsys):
     assert used[str(user_tables / "b_onnxruntime_mobile_224.json")] == "yes"
 
 
-def test_a_table_of_this_cpu_name_but_another_signature_is_not_this_machines(user_tables):
+def test_a_table_of_this_cpu_name_but_another_signature_is_not_this_machines():
     """One CPU name can hide different hardware (a VM's "Intel(R) Xeon(R) Processor"): a table recording this
-    machine's signature wins over one recording none (older tables), which wins over one recording another."""
+    machine's signature goes before one recording none (older tables), which goes before one recording another."""
     from dataclasses import replace
 
-    from hwnas.latency.targets import machine_match, this_machine
+    from hwnas.latency.targets import machine_match, preferred
     from hwnas.profilers.protocol import cpu_signature
 
-    base = make_table(mobile_op_configs(224)[:5], target="onnxruntime")
-    device = this_machine("onnxruntime")
+    mine = of_this_machine(make_table(mobile_op_configs(224)[:5], target="onnxruntime"))
 
-    def signed(signature: str | None, name: str) -> LatencyTable:
-        details = {**base.metadata.details, "machine": {} if signature is None else {"cpu_signature": signature}}
-        table = LatencyTable(replace(base.metadata, device=device, details=details), base.entries)
-        table.save(user_tables / name)
-        return LatencyTable.load(user_tables / name)
+    def signed(signature: str | None) -> LatencyTable:
+        machine = {} if signature is None else {"cpu_signature": signature}
+        return LatencyTable(replace(mine.metadata, details={"machine": machine}), mine.entries)
 
-    other = signed("family 6 model 1 stepping 0, L2 1K", "a_onnxruntime_mobile_224.json")
-    unsigned = signed(None, "b_onnxruntime_mobile_224.json")
+    other, unsigned = signed("family 6 model 1 stepping 0, L2 1K"), signed(None)
     assert (machine_match(other), machine_match(unsigned)) == (0, 1)
-    assert resolve_target("onnxruntime", "mobile", 224).path == unsigned.path
+    assert preferred([other, unsigned], "onnxruntime") == [unsigned, other]
     if cpu_signature():  # Linux reports one
-        mine = signed(cpu_signature(), "c_onnxruntime_mobile_224.json")
         assert machine_match(mine) == 2
-        assert resolve_target("onnxruntime", "mobile", 224).path == mine.path
+        assert preferred([other, unsigned, mine], "onnxruntime") == [mine, unsigned, other]
 
 
 def test_every_shipped_table_loads_and_every_host_table_covers_its_space(caplog):
