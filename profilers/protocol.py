@@ -128,6 +128,7 @@ def cpu_model() -> str:
     return _first_cpu().get("model name") or platform.processor() or platform.machine()
 
 
+@functools.cache
 def cpu_signature() -> str:
     """What tells apart CPUs sold (or virtualised) under one name, e.g. a VM's "Intel(R) Xeon(R) Processor": the
     first CPU's family, model and stepping and its L2 size, as Linux reports them; "" where it does not."""
