@@ -4,8 +4,10 @@ For each host runtime (ONNX Runtime, LiteRT/XNNPACK, PyTorch eager; 1 thread), �
 the mobile space (each non-first block skipped with probability --skip-prob, else a random MBConv candidate)
 are exported once (cached), then timed as whole networks in --passes separate processes with the protocol the
 runtime's table recorded (warm-up, runs, clock: a network is timed as the table's ops and calibration networks
-were), each figure the median over processes of per-process medians (whole-model medians drift 1-4% between
-processes). Each is compared with
+were), each figure the median over processes of per-process medians. A pass times each network once, in a
+window of ~0.3 s; on the shared 2-core VMs the same network's median moves by 6-11% between windows of one
+process as much as between processes (the neighbours' load comes and goes: 12 networks, 4 windows in each of
+3 processes, session 10), so accuracy at ±5% needs many windows: 10 passes by default. Each is compared with
 
 (a) the raw table sum Σ_layers F(layer) (ProxylessNAS, Cai et al. 2019, Eq. 4);
 (b) the table sum with a per-network correction a·sum + b, fitted on a disjoint set of ≥50 calibration
@@ -368,7 +370,7 @@ def main() -> int:
     parser.add_argument("--archs", type=int, default=300, help="evaluated architectures")
     parser.add_argument("--calibration", type=int, default=50, help="disjoint architectures fitting a·sum+b")
     parser.add_argument("--skip-prob", type=float, default=0.3)
-    parser.add_argument("--passes", type=int, default=5, help="measurement processes per runtime")
+    parser.add_argument("--passes", type=int, default=10, help="measurement processes per runtime")
     parser.add_argument("--jobs", type=int, default=2, help="parallel exports")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tables", type=Path, default=ROOT / "latency_tables", help="where the phone tables are")

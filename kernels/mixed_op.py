@@ -6,6 +6,9 @@ The backward recomputes one candidate at a time with grad enabled, as torch.util
 RNG stream, BatchNorm running statistics untouched), takes ∂L/∂w_k = ⟨g, o_k(x)⟩ and backpropagates w_k · g
 through o_k. Peak memory holds one candidate's activations instead of N.
 
+The parameter-free candidates (identity, average and max pooling) are not recomputed: their backward has a
+closed form (closed_form.py) that also gives their weight gradient without their output.
+
 Top to bottom: reference, Triton kernels, launchers, dispatch, autograd.Function, entry point.
 """
 
@@ -25,6 +28,7 @@ from hwnas.supernet.mixed import weighted_sum_reference
 
 from . import backend
 from .backend import jit, tl, triton
+from .closed_form import ClosedForm, closed_form
 
 __all__ = ["fused_mixed_op", "weighted_sum_reference", "weighted_accumulate", "dot"]
 
@@ -171,6 +175,7 @@ class _Plan:
     ops: nn.ModuleList
     active: list[int]  # candidates that contribute (the others are zero ops)
     live: list[int]  # active candidates with a non-zero weight: run in forward, recomputed in backward
+    closed: dict[int, ClosedForm]  # live parameter-free candidates: backward in closed form, not recomputed
     w: list[float]  # the weights as Python floats (one host read per edge)
     layouts: dict[int, _OpLayout]  # per active op
     params: dict[int, dict[str, torch.Tensor]]  # per active op, the parameters it ran with
@@ -206,23 +211,32 @@ def _rng_state(device: torch.device):
 
 
 class FusedMixedOp(torch.autograd.Function):
-    """Σ_k w_k o_k(x), saving x and the live ops' parameters. Inputs: x, weights, plan, *live op params."""
+    """Σ_k w_k o_k(x), saving x, the live ops' parameters and the max pools' window positions. Inputs: x,
+    weights, plan, *live op params."""
 
     @staticmethod
     def forward(ctx, x, weights, plan: _Plan, *params):
-        ctx.plan, ctx.weights_dtype = plan, weights.dtype
+        ctx.plan, ctx.weights_dtype, ctx.n_params = plan, weights.dtype, len(params)
         ctx.rng = _rng_state(x.device)
-        out = None
+        out, extras, ctx.extra_of = None, [], {}
         for k in plan.live:
-            out = weighted_accumulate(out, plan.ops[k](x), plan.w[k])
-        ctx.save_for_backward(x, *params)
+            if k in plan.closed:
+                y, extra = plan.closed[k].forward(plan.ops[k], x)
+                if extra is not None:
+                    ctx.extra_of[k] = len(extras)
+                    extras.append(extra)
+            else:
+                y = plan.ops[k](x)
+            out = weighted_accumulate(out, y, plan.w[k])
+        ctx.save_for_backward(x, *params, *extras)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         plan: _Plan = ctx.plan
-        x, *params = ctx.saved_tensors
+        x, *saved = ctx.saved_tensors
+        params, extras = saved[: ctx.n_params], saved[ctx.n_params :]
         need_x, need_w = ctx.needs_input_grad[:2]
         need_p = ctx.needs_input_grad[3:]
         g = g.contiguous()
@@ -237,6 +251,15 @@ class FusedMixedOp(torch.autograd.Function):
                 torch.get_device_module(x.device.type).set_rng_state(device_state, x.device)
             start = 0
             for k in plan.live:  # forward order, so random ops replay the same draws
+                if k in plan.closed:
+                    if need_x or need_w:
+                        extra = extras[ctx.extra_of[k]] if k in ctx.extra_of else None
+                        vjp = plan.closed[k].vjp(plan.ops[k], g, x, extra)  # Jᵀg
+                        if need_w:
+                            grad_w[k] = dot(vjp, x)  # ⟨g, J·x⟩
+                        if need_x:
+                            grad_x = weighted_accumulate(grad_x, vjp, plan.w[k])
+                    continue
                 names = list(plan.params[k])
                 needs = need_p[start : start + len(names)]
                 own = plan.own_parameters(k)
@@ -280,6 +303,7 @@ def fused_mixed_op(x: torch.Tensor, weights: torch.Tensor, ops: nn.ModuleList, a
         ops,
         list(active),
         live,
+        {k: d for k in live if (d := closed_form(ops[k])) is not None},
         w,
         layouts,
         params={k: layout.parameters() for k, layout in layouts.items()},

@@ -7,7 +7,7 @@ its shuffled position. The backward is the same permutation read the other way.
 
 On reduction edges the bypass is max-pooled (2x2, stride 2). `bypass_max_pool` pools it without keeping
 nn.MaxPool2d's int64 indices (twice the bytes of its float32 output): it saves its input, a view of the node
-state the mixed op saves anyway, and finds the maxima again in backward.
+state the mixed op saves anyway, and each maximum's offset in its window (one byte, closed_form.MaxPool).
 
 Top to bottom: reference, Triton kernel, launchers, autograd.Functions, entry points.
 """
@@ -15,7 +15,6 @@ Top to bottom: reference, Triton kernel, launchers, autograd.Functions, entry po
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -23,6 +22,7 @@ from hwnas.supernet.mixed import channel_shuffle
 
 from . import backend
 from .backend import jit, tl, triton
+from .closed_form import MAX_POOL
 
 __all__ = ["bypass_max_pool", "partial_channel_shuffle", "partial_channel_shuffle_reference"]
 
@@ -135,33 +135,28 @@ class PartialChannelShuffle(torch.autograd.Function):
         return grad_mixed, grad_bypass, None
 
 
-class RecomputedMaxPool(torch.autograd.Function):
-    """max_pool2d(x, kernel, stride) saving x (already kept elsewhere) instead of the argmax indices."""
+class OffsetMaxPool(torch.autograd.Function):
+    """pool(x) for an nn.MaxPool2d, saving x (already kept elsewhere) and window offsets, not int64 indices."""
 
     @staticmethod
-    def forward(ctx, x, kernel: int, stride: int):
-        ctx.kernel, ctx.stride = kernel, stride
-        ctx.save_for_backward(x)
-        return F.max_pool2d(x, kernel, stride)
+    def forward(ctx, x, pool: nn.MaxPool2d):
+        ctx.pool = pool
+        y, offsets = MAX_POOL.forward(pool, x)
+        ctx.save_for_backward(x, offsets)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        kernel, stride = [ctx.kernel] * 2, [ctx.stride] * 2
-        _, indices = F.max_pool2d(x, kernel, stride, return_indices=True)  # the same argmax as in forward
-        backward = torch.ops.aten.max_pool2d_with_indices_backward
-        return backward(grad, x, kernel, stride, [0, 0], [1, 1], False, indices), None, None
+        x, offsets = ctx.saved_tensors
+        return MAX_POOL.vjp(ctx.pool, grad, x, offsets), None
 
 
 def bypass_max_pool(bypass: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
-    """pool(bypass), equal in value and gradient, for a MaxPool2d without padding, dilation or ceil mode."""
-    if pool.padding not in (0, (0, 0)) or pool.dilation not in (1, (1, 1)) or pool.ceil_mode or pool.return_indices:
-        raise ValueError(f"bypass_max_pool: unsupported pooling {pool}")
-    kernel, stride = pool.kernel_size, pool.stride
-    if not (isinstance(kernel, int) and isinstance(stride, int)):
-        raise ValueError(f"bypass_max_pool: square int kernel and stride expected, got {pool}")
-    return RecomputedMaxPool.apply(bypass, kernel, stride)
+    """pool(bypass), equal in value and gradient."""
+    if not isinstance(pool, nn.MaxPool2d) or pool.return_indices:
+        raise ValueError(f"bypass_max_pool: an nn.MaxPool2d returning no indices expected, got {pool}")
+    return OffsetMaxPool.apply(bypass, pool)
 
 
 def partial_channel_shuffle(mixed: torch.Tensor, bypass: torch.Tensor, k: int) -> torch.Tensor:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
+import logging
 import os
+import sys
+import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +25,30 @@ from hwnas.profilers.build import build_op, input_shape
 from hwnas.profilers.protocol import Measurement, Protocol, host_cpu_name, machine_metadata, measure, timed
 
 RunBatch = Callable[[int], float]  # run the model n times, return the elapsed milliseconds
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_converter():
+    """Silence a model converter (torch.onnx's dynamo exporter, litert-torch): its progress on stdout, torch's
+    pytree deprecation warning it triggers, and its C++ logging (one absl INFO line per converted model) on file
+    descriptor 2, which Python's sys.stderr never sees. What went to descriptor 2 is logged at DEBUG."""
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            sink.seek(0)
+            native = sink.read().decode(errors="replace").strip()
+            if native:
+                log.debug("converter output: %s", native)
 
 
 class Profiler:

@@ -7,14 +7,12 @@ ONNX Runtime applies its full graph optimisation (BatchNorm folding, activation 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 
 import numpy as np
 from torch import nn
 
-from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra
+from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra, quiet_converter
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +26,7 @@ def export_onnx(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     import torch
 
     import_extra("onnxscript", "onnxscript")  # the dynamo exporter needs it
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports progress on stdout
+    with quiet_converter():
         program = torch.onnx.export(module.eval(), (example_input(shape),), dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()
 

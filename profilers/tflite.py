@@ -8,13 +8,10 @@ CPython 3.11 build needs numpy < 2); its default op resolver applies XNNPACK.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 from torch import nn
 
-from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra
+from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra, quiet_converter
 
 
 def litert_torch_module():
@@ -33,15 +30,14 @@ def convert_tflite(module: nn.Module, shape: tuple[int, ...]) -> bytes:
     """The .tflite flatbuffer of `module` (eval mode), taking and (for 4-D outputs) returning NHWC tensors."""
     import torch
 
-    litert_torch = litert_torch_module()
     module = module.eval()
     with torch.no_grad():
         out_ndim = module(example_input(shape)).dim()
-    wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if out_ndim == 4 else [])
     b, c, h, w = shape
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = litert_torch.convert(wrapped.eval(), (example_input((b, h, w, c)),))
-    return bytes(model.model_content())
+    with quiet_converter():  # importing litert-torch logs a torch deprecation warning, converting C++ INFO lines
+        litert_torch = litert_torch_module()
+        wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if out_ndim == 4 else [])
+        return bytes(litert_torch.convert(wrapped.eval(), (example_input((b, h, w, c)),)).model_content())
 
 
 class TfliteProfiler(ExportingProfiler):

@@ -3,8 +3,6 @@ ONNX Runtime's CPU execution provider with the session settings the `onnxruntime
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from torch import nn
 
 from hwnas.export.errors import conversion_error
 from hwnas.export.runner import ExportedModel
-from hwnas.profilers.base import import_extra
+from hwnas.profilers.base import import_extra, quiet_converter
 from hwnas.profilers.onnxruntime import onnx_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -27,7 +25,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic_ba
     import_extra("onnxscript", "onnxscript")  # the dynamo exporter's ONNX builder
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports progress on stdout
+        with quiet_converter():
             program = torch.onnx.export(
                 module.eval(), (example,), dynamo=True, dynamic_shapes=dynamic_shapes,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,

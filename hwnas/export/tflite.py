@@ -30,7 +30,7 @@ from torch import nn
 
 from hwnas.export.errors import conversion_error
 from hwnas.export.runner import ExportedModel
-from hwnas.profilers.base import missing_extra
+from hwnas.profilers.base import missing_extra, quiet_converter
 from hwnas.profilers.tflite import interpreter_module, litert_torch_module
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ def _quantizer():
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the converter and quantiser: progress on stdout and stderr, every lowered op logged at INFO
-    on the root logger."""
+    """Silence the converter and quantiser: progress on stdout and stderr, C++ logging, every lowered op logged
+    at INFO on the root logger."""
     logging.disable(logging.INFO)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet_converter(), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         logging.disable(logging.NOTSET)
@@ -61,7 +61,8 @@ def _quiet():
 
 def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
     """The float32 .tflite flatbuffer of `module` (eval mode) traced on `example` (its batch is fixed)."""
-    litert_torch = litert_torch_module()
+    with _quiet():  # importing litert-torch logs a torch deprecation warning
+        litert_torch = litert_torch_module()
     try:
         with _quiet():
             return bytes(litert_torch.convert(module.eval(), (example,)).model_content())

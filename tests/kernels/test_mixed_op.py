@@ -122,6 +122,43 @@ def test_dropout_masks_replayed(kernels):
     compare(ops, x.to(kernels.device), weights.to(kernels.device), [0, 1, 2])
 
 
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.MaxPool2d(3, 1, 1),
+        nn.MaxPool2d(3, 2, 1),
+        nn.MaxPool2d(2, 2),
+        nn.MaxPool2d((3, 2), (2, 1), (1, 0), dilation=(1, 2), ceil_mode=True),
+        nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+        nn.AvgPool2d(3, 2, 1),
+        nn.AvgPool2d(2, ceil_mode=True, divisor_override=3),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channel_slice"])
+def test_pools_backward_in_closed_form(kernels, pool, layout):
+    """Pools are not recomputed: Jᵀg is their input gradient and ⟨Jᵀg, x⟩ their weight gradient. Integer inputs
+    tie within windows: max pooling must route the gradient to max_pool2d's own argmax."""
+    dev = kernels.device
+    ops = nn.ModuleList([pool, nn.Identity(), nn.Sequential(copy.deepcopy(pool), nn.BatchNorm2d(5))]).to(dev)
+    base = torch.randint(-3, 4, (2, 8, 9, 7), generator=torch.Generator().manual_seed(0)).float().to(dev)
+    x = base[:, 3:] if layout == "channel_slice" else base[:, 3:].contiguous()
+    same_shape = pool(x).shape == x.shape
+    active = [0, 1, 2] if same_shape else [0, 2]  # the identity fits stride-1 pools only
+    compare(ops, x, row_weights(3, device=dev), active)
+
+
+def test_max_pool_saves_window_positions_not_indices():
+    """A max-pool candidate costs one byte per output for backward, not max_pool2d's eight (int64 indices)."""
+    ops = nn.ModuleList([nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(3, 1, 1), nn.Identity()])
+    x = torch.randn(2, 5, 9, 7, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fused_mixed_op(x, row_weights(3).requires_grad_(), ops, [0, 1, 2])
+    assert sorted(t.dtype for t in saved if t.data_ptr() != x.data_ptr()) == [torch.uint8]
+    assert [t.shape for t in saved if t.dtype == torch.uint8] == [x.shape]
+
+
 class Edge(nn.Module):
     def __init__(self, ops: nn.ModuleList, fn):
         super().__init__()

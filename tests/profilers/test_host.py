@@ -86,3 +86,24 @@ def test_exports_are_cached_on_disk(tmp_path):
     again = get_profiler("onnxruntime", protocol=FAST, cache_dir=tmp_path)
     again.export = None  # a second export would fail: the cached model is loaded instead
     assert again.measure_op(OPS[1]).median_ms > 0
+
+
+def test_quiet_converter_keeps_converter_output_off_the_terminal(capfd, caplog):
+    """The converters' progress (stdout), torch's pytree deprecation warning and C++ log lines (descriptor 2,
+    past sys.stderr) stay off the terminal; the native lines are logged at DEBUG; descriptor 2 comes back."""
+    import logging
+    import os
+    import warnings
+
+    from hwnas.profilers.base import quiet_converter
+
+    with caplog.at_level(logging.DEBUG, logger="hwnas.profilers.base"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_converter():
+            print("converting 3/7")
+            os.write(2, b"I0000 flatbuffer_export.cc] Estimated count of arithmetic ops\n")
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
+        os.write(2, b"after\n")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "after\n" and not seen
+    assert "flatbuffer_export.cc" in caplog.text
