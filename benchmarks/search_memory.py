@@ -23,6 +23,9 @@ wall_x_first_backend the median over rounds of its step's ratio to the first --b
 round, which cancels the drift of a shared machine (several percent within minutes, as much as two backends
 differ); x naive in the printed table divides medians taken in separate processes.
 
+Networks and batches take the memory format searches use on the device (--layout auto: NHWC on the CPU, see
+hwnas.device.memory_format); --layout nchw measures the other.
+
 max_batch_4gib extrapolates saved_bytes, a least-squares line a + b·batch over the measured batch sizes,
 to the batch whose saved tensors fill 4 GiB: (4 GiB - a) / b. Only saved tensors count, not parameters,
 gradients or transient buffers. Timings default to one thread: on a shared machine, OpenMP threads competing
@@ -92,13 +95,14 @@ def _rss_bytes(field: str | None) -> int:
 class SearchStep:
     """One first-order search step of a variant on a fixed random batch (seeded: every variant sees the same)."""
 
-    def __init__(self, variant: str, batch: int, device):
+    def __init__(self, variant: str, batch: int, device, layout: str = "nchw"):
         import torch
 
         torch.manual_seed(0)
         self.device = torch.device(device)
-        self.net = build(variant).to(self.device).train()
-        self.x = torch.randn(batch, 3, 32, 32, device=self.device)  # (B, 3, 32, 32)
+        fmt = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}[layout]
+        self.net = build(variant).to(self.device, memory_format=fmt).train()
+        self.x = torch.randn(batch, 3, 32, 32, device=self.device).contiguous(memory_format=fmt)  # (B, 3, 32, 32)
         self.y = torch.randint(0, 10, (batch,), device=self.device)
 
     def __call__(self, hooks=contextlib.nullcontext) -> None:
@@ -128,7 +132,7 @@ class SearchStep:
         return wall, 1e3 * (time.process_time() - c0)
 
 
-def measure(variant: str, batch: int, device: str, threads: int) -> dict:
+def measure(variant: str, batch: int, device: str, threads: int, layout: str) -> dict:
     """One row's memory, in this process (run it in a fresh one: peak RSS and allocator state depend on history);
     the first step of the process, so it also compiles Triton kernels and lets cuDNN choose."""
     import torch
@@ -136,7 +140,7 @@ def measure(variant: str, batch: int, device: str, threads: int) -> dict:
     from hwnas.kernels.backend import kernel_backend
 
     torch.set_num_threads(threads)
-    step = SearchStep(variant, batch, device)
+    step = SearchStep(variant, batch, device, layout)
     dev, net = step.device, step.net
     param_storages = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
     saved: dict[int, int] = {}
@@ -163,6 +167,7 @@ def measure(variant: str, batch: int, device: str, threads: int) -> dict:
         "device": device,
         "backend": "none" if variant.endswith("naive") or variant == "discrete" else kernel_backend(dev),
         "threads": threads,
+        "layout": layout,
         "saved_bytes": sum(saved.values()),
         "saved_param_bytes": sum(n for p, n in saved.items() if p in param_storages),
         "peak_rss_bytes": peak - rss_before,
@@ -172,7 +177,8 @@ def measure(variant: str, batch: int, device: str, threads: int) -> dict:
     return row
 
 
-def time_backends(variant: str, backends: list[str], batch: int, device: str, rounds: int, threads: int) -> dict:
+def time_backends(variant: str, backends: list[str], batch: int, device: str, rounds: int, threads: int,
+                  layout: str) -> dict:  # fmt: skip
     """Step times of one variant's network under each $HWNAS_KERNELS choice, in one process: a warm-up step per
     backend, then `rounds` rounds of one step per backend, the order rotating. Timings on a shared machine drift
     by several percent within minutes, as much as two backends may differ; a ratio taken within a round cancels
@@ -181,7 +187,7 @@ def time_backends(variant: str, backends: list[str], batch: int, device: str, ro
     import torch
 
     torch.set_num_threads(threads)
-    step = SearchStep(variant, batch, device)
+    step = SearchStep(variant, batch, device, layout)
     times = {k: {"wall_ms": [], "cpu_ms": []} for k in backends}
     for r in range(rounds + 1):
         for i in [(r + j) % len(backends) for j in range(len(backends))]:
@@ -206,7 +212,7 @@ def max_batch(rows: list[dict]) -> int:
 def run_worker(args, *worker: str, kernels: str = "auto"):
     """This script's worker mode in a fresh process; its last stdout line is JSON."""
     cmd = [sys.executable, __file__, *worker, "--device", args.device, "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]  # fmt: skip
+           "--threads", str(args.threads), "--layout", args.layout]  # fmt: skip
     env = {**os.environ, "HWNAS_KERNELS": kernels}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
@@ -271,18 +277,30 @@ def main(argv: list[str] | None = None) -> int:
         help="$HWNAS_KERNELS values the fused variants run under (default auto)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--layout",
+        choices=("auto", "nchw", "nhwc"),
+        default="auto",
+        help="memory format of the networks and batches (auto: the one searches use there, NHWC on the CPU)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--timing-worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 20 if args.device.startswith("cuda") else 5
+    if args.layout == "auto":
+        import torch
+
+        from hwnas.device import memory_format
+
+        args.layout = "nhwc" if memory_format(torch.device(args.device)) == torch.channels_last else "nchw"
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.threads)))
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.threads, args.layout)))
         return 0
     if args.timing_worker:
         variant, batch = args.timing_worker[0], int(args.timing_worker[1])
         backends = args.backends if variant in FUSED else ["auto"]
-        print(json.dumps(time_backends(variant, backends, batch, args.device, args.repeats, args.threads)))
+        print(json.dumps(time_backends(variant, backends, batch, args.device, args.repeats, args.threads, args.layout)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     rows = []

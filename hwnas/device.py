@@ -1,5 +1,5 @@
 """The device a search or training runs on: the config's `device` (and `sync_bn`) resolved in one place, and how
-modules and batches are put there."""
+modules and batches are put there (in which memory format)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,21 @@ def resolve_device(name: str, processes: int | None = None, local_rank: int | No
     return torch.device("cuda", index)
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout a run's 4-D tensors take on `device`: channels_last (NHWC) on the CPU, where oneDNN runs the
+    small-channel and depthwise convolutions of both spaces several times faster than in NCHW (a 3×3 depthwise
+    conv on (16, 4, 32, 32): 0.65 ms NCHW, 0.14 ms NHWC; a mobile supernet step at batch 64 took 0.41 s NCHW,
+    0.21 s NHWC; a DARTS supernet step at batch 16, 4.7 s and 2.6 s: 2-core Xeon VM, one thread). On a GPU the
+    layout stays as built."""
+    return torch.channels_last if device.type == "cpu" else torch.preserve_format
+
+
+def to_device(t: torch.Tensor, device: torch.device, non_blocking: bool = False) -> torch.Tensor:
+    """`t` on `device`, a 4-D one (a batch of images) in that device's memory format."""
+    layout = memory_format(device) if t.dim() == 4 else torch.preserve_format
+    return t.to(device, non_blocking=non_blocking, memory_format=layout)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a run's modules and batches live, and whether its BatchNorm layers synchronise over the processes."""
@@ -55,11 +70,11 @@ class Placement:
         parameters and the state_dict keys (so checkpoints move between the two)."""
         if self.sync_bn:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return module.to(self.device)
+        return module.to(self.device, memory_format=memory_format(self.device))
 
     def batch(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """A loader's (inputs, labels) on the device, copied asynchronously from pinned memory (`pin_memory`)."""
-        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+        return tuple(to_device(t, self.device, non_blocking=True) for t in batch)
 
     @property
     def pin_memory(self) -> bool:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from hwnas import distributed
 from hwnas.config import SearchConfig
 from hwnas.data import check_data, search_splits, shard_loader
-from hwnas.device import placement
+from hwnas.device import memory_format, placement, to_device
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir, rng_state, seed_everything, set_rng_state
 from hwnas.spaces import get_space
@@ -124,8 +124,9 @@ def run_search(
         wall_s = state["wall_s"]
         log.info("resuming %s after epoch %d", run.path, state["epoch"])
     log.info("search: space=%s strategy=%s dataset=%s (%d train / %d val), %d epochs, %d supernet weights, "
-             "%d process(es) on %s%s", cfg.space, cfg.strategy, cfg.data.dataset, len(train_set), len(val_set),
+             "%d process(es) on %s%s%s", cfg.space, cfg.strategy, cfg.data.dataset, len(train_set), len(val_set),
              cfg.epochs, sum(p.numel() for p in supernet.weights()), world, place.device,
+             " (channels_last)" if memory_format(place.device) == torch.channels_last else "",
              " with SyncBatchNorm" if place.sync_bn else "")  # fmt: skip
     if cfg.fused:
         from hwnas.kernels.backend import backend_report
@@ -346,7 +347,7 @@ def evaluate(model: torch.nn.Module, loader) -> tuple[float, float]:
     total_loss, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             total_loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()

@@ -105,13 +105,21 @@ def dot_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _same_dense_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the flat kernels may read `a` and `b` element by element alike: one dtype, the same strides, and
+    contiguous in memory (NCHW, or NHWC as the CPU runs searches: hwnas.device.Placement)."""
+    if a.dtype != b.dtype or a.stride() != b.stride():
+        return False
+    return a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last))
+
+
 def weighted_accumulate(out: torch.Tensor | None, y: torch.Tensor, w: float) -> torch.Tensor:
-    """out + w·y in place, or a new contiguous w·y when `out` is None."""
+    """out + w·y in place, or a new w·y (in y's memory format) when `out` is None."""
     overwrite = out is None
     if overwrite:
-        out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+        out = torch.empty_like(y, memory_format=torch.preserve_format)
     kind = backend.kernel_backend(y.device, y.numel(), TRITON_MIN_NUMEL)
-    if kind == "reference" or out.dtype != y.dtype or not (out.is_contiguous() and y.is_contiguous()):
+    if kind == "reference" or not _same_dense_layout(out, y):
         return weighted_accumulate_reference(out, y, w, overwrite)
     if kind == "triton":
         return weighted_accumulate_triton(out, y, w, overwrite)
@@ -121,7 +129,7 @@ def weighted_accumulate(out: torch.Tensor | None, y: torch.Tensor, w: float) -> 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """⟨a, b⟩ as a 0-dim tensor of a's dtype."""
     kind = backend.kernel_backend(a.device, a.numel(), TRITON_MIN_NUMEL)
-    if kind == "reference" or a.dtype != b.dtype or not (a.is_contiguous() and b.is_contiguous()):
+    if kind == "reference" or not _same_dense_layout(a, b):
         return dot_reference(a, b)
     return dot_triton(a, b) if kind == "triton" else torch.ops.hwnas.dot(a, b)
 

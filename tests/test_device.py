@@ -102,6 +102,19 @@ def test_batches_move_to_the_placement():
     assert x.device == y.device == CPU and not Placement(CPU).pin_memory and Placement(CUDA0).pin_memory
 
 
+def test_cpu_runs_channels_last():
+    """On the CPU, networks and image batches are NHWC (hwnas.device.memory_format); labels and vectors stay."""
+    place = Placement(CPU)
+    net = place.module(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    conv = net[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x, y = place.batch((torch.randn(2, 3, 5, 5), torch.tensor([0, 1])))
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() and y.is_contiguous()
+    loaded = nn.Conv2d(3, 4, 3)
+    loaded.load_state_dict({"weight": conv, "bias": net[0].bias})  # checkpoints load into NCHW modules
+    torch.testing.assert_close(loaded(x), net[0](x))
+
+
 def test_device_fields_round_trip_through_json():
     for cfg in (SearchConfig(), SearchConfig(device="cuda:1", sync_bn=False), TrainConfig(device="cpu")):
         assert type(cfg).from_json(json.loads(json.dumps(cfg.to_json()))) == cfg

@@ -27,7 +27,9 @@ static std::string shape_text(const at::Tensor& t) {
 void hwnas_native::check_pair(const at::Tensor& a, const at::Tensor& b, const char* op) {
   TORCH_CHECK(a.sizes() == b.sizes(), op, ": shapes differ, ", shape_text(a), " vs ", shape_text(b));
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": dtypes differ");
-  TORCH_CHECK(a.is_contiguous() && b.is_contiguous(), op, ": needs contiguous tensors");
+  // element i of one is element i of the other: dense, one layout (NCHW, or NHWC as CPU searches run)
+  TORCH_CHECK(a.strides() == b.strides() && a.is_non_overlapping_and_dense(), op,
+              ": needs dense tensors of one memory layout");
   TORCH_CHECK(a.device() == b.device(), op, ": tensors on different devices");
 }
 

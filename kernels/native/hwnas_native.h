@@ -5,7 +5,7 @@
 namespace hwnas_native {
 
 // The input checks of weighted_accumulate_ and dot, for both devices: same shapes, dtypes and device,
-// contiguous; a failed check raises RuntimeError naming the op and the problem.
+// dense in one memory layout; a failed check raises RuntimeError naming the op and the problem.
 void check_pair(const at::Tensor& a, const at::Tensor& b, const char* op);
 
 }  // namespace hwnas_native

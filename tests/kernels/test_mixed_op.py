@@ -74,15 +74,21 @@ def row_weights(n: int, seed: int = 3, device="cpu") -> torch.Tensor:
         (3, 4, 9, 1, "transposed", [1, 4, 6]),
         (2, 6, 8, 2, "channel_slice", ALL),
         (1, 4, 9, 2, "contiguous", [2, 3, 5]),
+        (2, 5, 7, 1, "channels_last", ALL),  # how CPU searches run (hwnas.device.memory_format)
+        (3, 6, 9, 2, "channels_last_slice", ALL),
     ],
 )
 def test_matches_reference(kernels, batch, c, hw, stride, layout, active):
     ops = make_ops(c, stride, device=kernels.device)
     base = torch.randn(batch, c + 3, hw, hw, device=kernels.device)
+    if layout.startswith("channels_last"):
+        ops, base = ops.to(memory_format=torch.channels_last), base.contiguous(memory_format=torch.channels_last)
     x = {
         "contiguous": base[:, :c].contiguous(),
         "channel_slice": base[:, 3:],  # the PC-DARTS case: a strided view of a node
         "transposed": base[:, :c].transpose(2, 3),
+        "channels_last": base[:, :c].contiguous(memory_format=torch.channels_last),
+        "channels_last_slice": base[:, 3:],
     }[layout]
     compare(ops, x, row_weights(len(DARTS_PRIMITIVES), device=kernels.device), active)
 
@@ -212,6 +218,20 @@ def test_accumulate_and_dot(kernels, n, dtype):
     strided = torch.randn(2 * n, dtype=dtype, device=kernels.device)[::2]
     torch.testing.assert_close(dot(y, strided), dot_reference(y, strided))
     torch.testing.assert_close(dot(y, out), (y * out).sum(), rtol=1e-5, atol=1e-4)
+
+
+def test_accumulate_and_dot_channels_last(kernels):
+    """NHWC operands (CPU searches run channels_last) take the kernels and keep their layout; mixed layouts
+    fall back to the reference."""
+    y, out = (torch.randn(2, 5, 3, 7, device=kernels.device).contiguous(memory_format=torch.channels_last)
+              for _ in range(2))  # fmt: skip
+    fresh = weighted_accumulate(None, y, 0.3)
+    assert fresh.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fresh, 0.3 * y)
+    torch.testing.assert_close(weighted_accumulate(out.clone(), y, 0.3), out + 0.3 * y)
+    torch.testing.assert_close(weighted_accumulate(out.contiguous(), y, 0.3), out + 0.3 * y)
+    torch.testing.assert_close(dot(y, out), (y * out).sum(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dot(y, out.contiguous()), (y * out).sum(), rtol=1e-5, atol=1e-5)
 
 
 def test_accumulate_keeps_a_float64_weight(kernels):

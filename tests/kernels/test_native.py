@@ -53,5 +53,15 @@ def test_shuffle_any_dtype_any_strides(native_ops, device, dtype):
 def test_checks_inputs(native_ops, device):
     with pytest.raises(RuntimeError, match=r"weighted_accumulate_: shapes differ, \[3\] vs \[4\]"):
         native_ops.weighted_accumulate_(torch.zeros(3, device=device), torch.zeros(4, device=device), 1.0, False)
-    with pytest.raises(RuntimeError, match="contiguous"):
+    with pytest.raises(RuntimeError, match="dense tensors of one memory layout"):
         native_ops.dot(torch.zeros(4, 2, device=device).t(), torch.zeros(2, 4, device=device))
+    with pytest.raises(RuntimeError, match="dense tensors of one memory layout"):
+        native_ops.dot(torch.zeros(4, 6, device=device)[:, :3], torch.zeros(4, 6, device=device)[:, :3])
+
+
+def test_channels_last_pairs(native_ops, device):
+    """NHWC tensors (searches on the CPU run channels_last) are read flat like NCHW ones."""
+    y, out = (torch.randn(2, 5, 3, 7).to(device).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    got = native_ops.weighted_accumulate_(out.clone(), y, 0.7, False)
+    torch.testing.assert_close(got, out + 0.7 * y)
+    torch.testing.assert_close(native_ops.dot(y, out), (y * out).sum(), rtol=1e-5, atol=1e-5)
