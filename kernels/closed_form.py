@@ -46,7 +46,7 @@ class AvgPool(ClosedForm):
 class MaxPool(ClosedForm):
     """Keeps, per output, the flat offset of its maximum from its window's first element in x's (H, W) plane,
     in the narrowest integer type that holds the window's span, (k_h-1)·d_h·W + (k_w-1)·d_w: one byte for a 3×3
-    window on inputs up to 127 wide. The backward rebuilds the indices for max_pool2d's own backward: the same
+    window on inputs up to 126 wide. The backward rebuilds the indices for max_pool2d's own backward: the same
     argmax, ties and NaNs included."""
 
     def forward(self, op: nn.MaxPool2d, x):
