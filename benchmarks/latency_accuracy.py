@@ -5,9 +5,10 @@ the mobile space (each non-first block skipped with probability --skip-prob, els
 are exported once (cached), then timed as whole networks in --passes separate processes with the protocol the
 runtime's table recorded (warm-up, runs, clock: a network is timed as the table's ops and calibration networks
 were), each figure the median over processes of per-process medians. A pass times each network once, in a
-window of ~0.3 s; on the shared 2-core VMs the same network's median moves by 6-11% between windows of one
-process as much as between processes (the neighbours' load comes and goes: 12 networks, 4 windows in each of
-3 processes, session 10), so accuracy at ±5% needs many windows: 10 passes by default. Each is compared with
+window of ~0.3 s; on the shared 2-core VMs the same network's median moved by 6-11% between windows of one
+process, as much as between processes (12 networks, 4 windows in each of 3 processes, early in session 10), and
+an hour later the passes spread by 2% (ONNX Runtime): the neighbours' load comes and goes, so accuracy at ±5%
+needs many windows, 10 passes by default. Each is compared with
 
 (a) the raw table sum Σ_layers F(layer) (ProxylessNAS, Cai et al. 2019, Eq. 4);
 (b) the table sum with a per-network correction a·sum + b, fitted on a disjoint set of ≥50 calibration
