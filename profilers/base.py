@@ -32,15 +32,18 @@ log = logging.getLogger(__name__)
 def quiet_converter():
     """Silence a model converter (torch.onnx's dynamo exporter, litert-torch): its progress on stdout, torch's
     pytree deprecation warning it triggers, and its C++ logging (one absl INFO line per converted model) on file
-    descriptor 2, which Python's sys.stderr never sees. What went to descriptor 2 is logged at DEBUG."""
+    descriptor 2, which Python's sys.stderr never sees. What went to descriptor 2 is logged: at DEBUG, or at
+    WARNING when the conversion failed (it may say why)."""
     sys.stderr.flush()
     saved_fd = os.dup(2)
+    failed = True
     with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         os.dup2(sink.fileno(), 2)
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 yield
+            failed = False
         finally:
             sys.stderr.flush()
             os.dup2(saved_fd, 2)
@@ -48,7 +51,7 @@ def quiet_converter():
             sink.seek(0)
             native = sink.read().decode(errors="replace").strip()
             if native:
-                log.debug("converter output: %s", native)
+                log.log(logging.WARNING if failed else logging.DEBUG, "converter output: %s", native)
 
 
 class Profiler:

@@ -106,4 +106,11 @@ def test_quiet_converter_keeps_converter_output_off_the_terminal(capfd, caplog):
         os.write(2, b"after\n")
     out, err = capfd.readouterr()
     assert out == "" and err == "after\n" and not seen
-    assert "flatbuffer_export.cc" in caplog.text
+    assert [r.levelname for r in caplog.records if "flatbuffer_export.cc" in r.message] == ["DEBUG"]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="hwnas.profilers.base"), pytest.raises(RuntimeError):
+        with quiet_converter():
+            os.write(2, b"error: failed to legalize operation\n")
+            raise RuntimeError("conversion failed")
+    assert [r.levelname for r in caplog.records if "failed to legalize" in r.message] == ["WARNING"]
+    assert capfd.readouterr().err == ""
