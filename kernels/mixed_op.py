@@ -226,13 +226,11 @@ class FusedMixedOp(torch.autograd.Function):
     def forward(ctx, x, weights, plan: _Plan, *params):
         ctx.plan, ctx.weights_dtype, ctx.n_params = plan, weights.dtype, len(params)
         ctx.rng = _rng_state(x.device)
-        out, extras, ctx.extra_of = None, [], {}
+        out, extras = None, []  # per closed-form candidate, in live order: what its backward needs (or None)
         for k in plan.live:
             if k in plan.closed:
                 y, extra = plan.closed[k].forward(plan.ops[k], x)
-                if extra is not None:
-                    ctx.extra_of[k] = len(extras)
-                    extras.append(extra)
+                extras.append(extra)
             else:
                 y = plan.ops[k](x)
             out = weighted_accumulate(out, y, plan.w[k])
@@ -244,7 +242,8 @@ class FusedMixedOp(torch.autograd.Function):
     def backward(ctx, g):
         plan: _Plan = ctx.plan
         x, *saved = ctx.saved_tensors
-        params, extras = saved[: ctx.n_params], saved[ctx.n_params :]
+        params = saved[: ctx.n_params]
+        extras = dict(zip((k for k in plan.live if k in plan.closed), saved[ctx.n_params :]))
         need_x, need_w = ctx.needs_input_grad[:2]
         need_p = ctx.needs_input_grad[3:]
         g = g.contiguous()
@@ -261,8 +260,7 @@ class FusedMixedOp(torch.autograd.Function):
             for k in plan.live:  # forward order, so random ops replay the same draws
                 if k in plan.closed:
                     if need_x or need_w:
-                        extra = extras[ctx.extra_of[k]] if k in ctx.extra_of else None
-                        vjp = plan.closed[k].vjp(plan.ops[k], g, x, extra)  # Jᵀg
+                        vjp = plan.closed[k].vjp(plan.ops[k], g, x, extras[k])  # Jᵀg
                         if need_w:
                             grad_w[k] = dot(vjp, x)  # ⟨g, J·x⟩
                         if need_x:
