@@ -23,8 +23,10 @@ needs many windows, 10 passes by default. Each is compared with
     machine's drift since);
 
 reporting RMSE, MAPE and the share within ±10% and ±5% (the nn-Meter accuracy metric: Zhang et al., MobiSys
-2021). The predictor is also scored on the real phone tables: leave-one-block-shape-out on the Pixel 1 table,
-and Note10 at 224 predicted from 160-208.
+2021). `predictor_worst_layer` names the held-out layer config the predictor misses by the most milliseconds
+over all networks, with the scores (c) would reach were that one prediction exact. The predictor is also
+scored on the real phone tables: leave-one-block-shape-out on the Pixel 1 table, and Note10 at 224 predicted
+from 160-208.
 
     python benchmarks/latency_accuracy.py                      # everything; resumable (cache in --cache)
     python benchmarks/latency_accuracy.py --runtimes onnxruntime --archs 300 --passes 3
@@ -220,14 +222,40 @@ def scores(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     }
 
 
-def held_out_predictor_sum(table: LatencyTable, layers, kept: frozenset[str] = frozenset()) -> float:
-    """Σ over the network's layers of a predictor fitted on the table without those layers' configs, but for
-    the ones in `kept` (the layers every architecture shares), which it looks up."""
-    held = {op.key() for op in layers} - kept
+def held_out_predictions(table: LatencyTable, layers, kept: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Per layer config of the network, the latency (ms) a predictor fitted on the table without those configs
+    predicts, but for the ones in `kept` (the layers every architecture shares), which it looks up."""
+    held = {op.key(): op for op in layers if op.key() not in kept}
     train = [op for op in table.ops() if op.key() not in held]
     predictor = LatencyPredictor.fit(train, [table.lookup(op) for op in train])
-    predicted = [op for op in layers if op.key() in held]
-    return float(predictor.predict(predicted).sum()) + sum(table.lookup(op) for op in layers if op.key() in kept)
+    predicted = dict(zip(held, predictor.predict(list(held.values())).tolist()))
+    return {op.key(): predicted[op.key()] if op.key() in predicted else table.lookup(op) for op in layers}
+
+
+def network_sum(layers, per_config_ms: dict[str, float]) -> float:
+    return float(sum(per_config_ms[op.key()] for op in layers))
+
+
+def worst_predicted_layer(table: LatencyTable, layers, predictions, corrected, measured) -> dict:
+    """The held-out layer config whose predictions miss the table by the most milliseconds summed over the
+    networks, and the scores the predictor would reach were that one config's prediction exact: how much of
+    the predictor's error one layer carries."""
+    truth = {op.key(): table.lookup(op) for ls in layers for op in ls}
+    missed = dict.fromkeys(truth, 0.0)
+    for ls, pred in zip(layers, predictions):
+        for op in ls:
+            missed[op.key()] += abs(pred[op.key()] - truth[op.key()])
+    key = max(missed, key=missed.get)
+    exact = [{**pred, key: truth[key]} if key in pred else pred for pred in predictions]
+    fixed = scores(corrected(np.array([network_sum(ls, p) for ls, p in zip(layers, exact)])), measured)
+    errors = [pred[key] / truth[key] - 1 for pred in predictions if key in pred]
+    return {
+        "key": key,
+        "networks_with_it": len(errors),
+        "mean_error_pct": 100 * float(np.mean(errors)),
+        "within_10pct_if_exact": fixed["within_10pct"],
+        "within_5pct_if_exact": fixed["within_5pct"],
+    }
 
 
 def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: list[dict], n_cal: int) -> dict:
@@ -241,8 +269,9 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
     a, b = correction.a, correction.b_ms
     shared = frozenset.intersection(*(frozenset(op.key() for op in ls) for ls in layers))
     start = time.time()
-    predicted = np.array([held_out_predictor_sum(table, ls, shared) for ls in layers[test]])
-    strict = np.array([held_out_predictor_sum(table, ls) for ls in layers[test]])
+    held_out = [held_out_predictions(table, ls, shared) for ls in layers[test]]
+    predicted = np.array([network_sum(ls, p) for ls, p in zip(layers[test], held_out)])
+    strict = np.array([network_sum(ls, held_out_predictions(table, ls)) for ls in layers[test]])
     log.info("%s: %d held-out predictor fits in %.0f s", runtime, 2 * len(predicted), time.time() - start)
     raw, corrected, pred, pred_strict = (
         scores(x, measured[test]) for x in (sums[test], a * sums[test] + b, a * predicted + b, a * strict + b)
@@ -264,6 +293,9 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
         "mape_predictor": pred["mape"],
         "rmse_predictor_ms": pred["rmse_ms"],
         "predictor_shared_layers": sorted(shared),
+        "predictor_worst_layer": worst_predicted_layer(
+            table, layers[test], held_out, lambda total: a * total + b, measured[test]
+        ),
         "within_10pct_predictor_strict": pred_strict["within_10pct"],
         "within_5pct_predictor_strict": pred_strict["within_5pct"],
         "mape_predictor_strict": pred_strict["mape"],

@@ -1,0 +1,47 @@
+"""benchmarks/latency_accuracy.py's analysis: held-out predictions per layer and the worst-predicted layer."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hwnas.latency.catalogue import space_op_configs
+from hwnas.latency.table import LatencyTable
+from tests.latency.helpers import REPO, make_table
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("latency_accuracy", REPO / "benchmarks" / "latency_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_anomalous_layer_is_named_and_carries_the_error(bench):
+    table = make_table(space_op_configs("mobile", 224))
+    archs = bench.sample_archs(12, 0.3, seed=3)
+    layers = [bench.mobile_network_op_configs(a, 224) for a in archs]
+    anomalous = next(op for op in layers[0] if op.attr("kernel") == 7 and op.key().startswith("expanded_conv"))
+    entries = dict(table.entries)
+    entries[anomalous.key()] = replace(entries[anomalous.key()], median_ms=5 * entries[anomalous.key()].median_ms)
+    table = LatencyTable(table.metadata, entries)
+    measured = np.array([table.sum_ms(ls) for ls in layers])  # whole networks = the sum of their ops
+
+    shared = frozenset.intersection(*(frozenset(op.key() for op in ls) for ls in layers))
+    predictions = [bench.held_out_predictions(table, ls, shared) for ls in layers]
+    for ls, pred in zip(layers, predictions):
+        assert set(pred) == {op.key() for op in ls}
+        assert all(pred[k] == table.lookup(op) for op in ls if (k := op.key()) in shared)  # looked up, not predicted
+    held_out = np.array([bench.network_sum(ls, p) for ls, p in zip(layers, predictions)])
+
+    worst = bench.worst_predicted_layer(table, layers, predictions, lambda total: total, measured)
+    assert worst["key"] == anomalous.key()
+    assert worst["networks_with_it"] == sum(any(op.key() == anomalous.key() for op in ls) for ls in layers)
+    assert worst["mean_error_pct"] < -50  # a 5x outlier cannot be predicted from its neighbours
+    before = bench.scores(held_out, measured)
+    assert worst["within_10pct_if_exact"] >= before["within_10pct"]
+    assert worst["within_5pct_if_exact"] > before["within_5pct"]
