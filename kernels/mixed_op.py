@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch._prims_common import suggest_memory_format
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -235,6 +236,7 @@ class FusedMixedOp(torch.autograd.Function):
                 y = plan.ops[k](x)
             out = weighted_accumulate(out, y, plan.w[k])
         ctx.save_for_backward(x, *params, *extras)
+        ctx.out_format = suggest_memory_format(out)  # the candidates' outputs' layout, which g is read alike in
         return out
 
     @staticmethod
@@ -246,7 +248,7 @@ class FusedMixedOp(torch.autograd.Function):
         extras = dict(zip((k for k in plan.live if k in plan.closed), saved[ctx.n_params :]))
         need_x, need_w = ctx.needs_input_grad[:2]
         need_p = ctx.needs_input_grad[3:]
-        g = g.contiguous()
+        g = g.contiguous(memory_format=ctx.out_format)
         x_in = x.detach().requires_grad_(need_x)
         grad_x, param_grads = None, [None] * len(params)
         grad_w = torch.zeros(len(plan.w), dtype=ctx.weights_dtype, device=g.device) if need_w else None

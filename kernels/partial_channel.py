@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._prims_common import suggest_memory_format
 from torch.autograd.function import once_differentiable
 
 from hwnas.supernet.mixed import channel_shuffle
@@ -39,7 +40,7 @@ def partial_channel_shuffle_reference(mixed: torch.Tensor, bypass: torch.Tensor,
 def partial_channel_unshuffle_reference(grad: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse permutation (a shuffle with C/K groups), split into the mixed and bypass gradients."""
     m = grad.shape[1] // k
-    whole = channel_shuffle(grad.contiguous(), m)
+    whole = channel_shuffle(grad.contiguous(memory_format=suggest_memory_format(grad)), m)
     return whole[:, :m], whole[:, m:]
 
 
@@ -92,15 +93,18 @@ def _launch_shuffle(whole: torch.Tensor, mixed: torch.Tensor, bypass: torch.Tens
 
 def partial_channel_shuffle_triton(mixed: torch.Tensor, bypass: torch.Tensor, k: int) -> torch.Tensor:
     b, m, h, w = mixed.shape
-    out = torch.empty(b, k * m, h, w, dtype=mixed.dtype, device=mixed.device)
+    out = torch.empty(
+        b, k * m, h, w, dtype=mixed.dtype, device=mixed.device, memory_format=suggest_memory_format(mixed)
+    )
     _launch_shuffle(out, mixed, bypass, k, to_whole=True)
     return out
 
 
 def partial_channel_unshuffle_triton(grad: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = grad.shape
-    mixed = torch.empty(b, c // k, h, w, dtype=grad.dtype, device=grad.device)
-    bypass = torch.empty(b, c - c // k, h, w, dtype=grad.dtype, device=grad.device)
+    layout = {"dtype": grad.dtype, "device": grad.device, "memory_format": suggest_memory_format(grad)}
+    mixed = torch.empty(b, c // k, h, w, **layout)
+    bypass = torch.empty(b, c - c // k, h, w, **layout)
     _launch_shuffle(grad, mixed, bypass, k, to_whole=False)
     return mixed, bypass
 
@@ -160,7 +164,8 @@ def bypass_max_pool(bypass: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
 
 
 def partial_channel_shuffle(mixed: torch.Tensor, bypass: torch.Tensor, k: int) -> torch.Tensor:
-    """channel_shuffle(torch.cat([mixed, bypass], 1), k) without building the concatenation.
+    """channel_shuffle(torch.cat([mixed, bypass], 1), k) without building the concatenation, in mixed's layout
+    (NCHW or NHWC; its gradients in the incoming gradient's).
 
     mixed: (B, m, H, W), the mixed op's output on the first C/K channels; bypass: (B, (K-1)·m, H, W).
     """

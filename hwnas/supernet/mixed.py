@@ -53,8 +53,13 @@ def weighted_sum_reference(x: torch.Tensor, weights: torch.Tensor, ops, active: 
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, C, H, W) with channels [g0 | g1 | ...] -> interleaved, as in ShuffleNet and PC-DARTS."""
+    """(B, C, H, W) with channels [g0 | g1 | ...] -> interleaved, as in ShuffleNet and PC-DARTS, in x's layout
+    (NHWC stays NHWC: an NCHW result would send the rest of a CPU search down oneDNN's slow NCHW kernels)."""
     b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C), dense
+        shuffled = pixels.reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
+        return shuffled.permute(0, 3, 1, 2)
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -98,8 +103,10 @@ class PartialChannel(Mixing):
         if k == 1:  # an edge whose candidates see every channel (e.g. a mobile block that changes shape)
             return self.combine(edge, x, weights, active)
         c_part = x.shape[1] // k
-        mixed = self.combine(edge, x[:, :c_part], weights, active)  # (B, C/K, H', W')
-        bypass = x[:, c_part:]  # (B, C - C/K, H, W)
+        # split, not two slices: its backward concatenates the two gradients in their layout (NHWC on the CPU),
+        # where each slice's would write into fresh NCHW zeros
+        part, bypass = x.split([c_part, x.shape[1] - c_part], dim=1)  # (B, C/K, H, W), (B, C - C/K, H, W)
+        mixed = self.combine(edge, part, weights, active)  # (B, C/K, H', W')
         if self.fused:
             from hwnas.kernels.partial_channel import bypass_max_pool, partial_channel_shuffle
 

@@ -1,7 +1,8 @@
 // CPU kernels of hwnas.kernels, registered as torch.ops.hwnas.*:
 //   weighted_accumulate_  out = w * y (+ out)          one pass of the fused mixed op's forward (DARTS Eq. 2)
 //   dot                   <a, b>                       the weight gradient <g, o_k(x)> of its backward
-//   partial_channel_shuffle / _unshuffle               PC-DARTS Eq. (2): cat + channel shuffle in one copy
+//   partial_channel_shuffle / _unshuffle               PC-DARTS Eq. (2): cat + channel shuffle in one copy,
+//                                                      in the input's layout (NCHW or NHWC)
 // OpenMP-parallel when the compiler has it; the schemas are defined here, the CUDA file adds CUDA kernels.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -92,12 +93,50 @@ void copy_plane(char* dst, const char* src, int64_t h, int64_t w, int64_t dh, in
     for (int64_t c = 0; c < w; ++c) d[r * dh + c * dw] = s[r * sh + c * sw];
 }
 
+// NHWC: a pixel's channels are adjacent in all three tensors, so the shuffle runs pixel by pixel.
+template <typename T>
+void shuffle_pixels(const at::Tensor& whole, const at::Tensor& mixed, const at::Tensor& bypass, int64_t k,
+                    bool to_whole) {
+  const int64_t batch = whole.size(0), h = whole.size(2), w = whole.size(3), m = mixed.size(1);
+  T* wp = static_cast<T*>(whole.data_ptr());
+  T* mp = static_cast<T*>(mixed.data_ptr());
+  T* bp = static_cast<T*>(bypass.data_ptr());
+  const auto ws = whole.strides(), ms = mixed.strides(), bs = bypass.strides();
+#pragma omp parallel for if (whole.numel() > kParallelGrain)
+  for (int64_t row = 0; row < batch * h; ++row) {
+    const int64_t b = row / h, y = row % h;
+    for (int64_t x = 0; x < w; ++x) {
+      T* pixel = wp + b * ws[0] + y * ws[2] + x * ws[3];
+      T* mix = mp + b * ms[0] + y * ms[2] + x * ms[3];
+      T* rest = bp + b * bs[0] + y * bs[2] + x * bs[3];
+      for (int64_t j = 0; j < m; ++j) {
+        T* group = pixel + j * k;  // output channels j*k .. j*k + k-1
+        if (to_whole) {
+          group[0] = mix[j];
+          for (int64_t i = 1; i < k; ++i) group[i] = rest[(i - 1) * m + j];
+        } else {
+          mix[j] = group[0];
+          for (int64_t i = 1; i < k; ++i) rest[(i - 1) * m + j] = group[i];
+        }
+      }
+    }
+  }
+}
+
 // whole[:, j*k + i] <-> (i == 0 ? mixed[:, j] : bypass[:, (i-1)*m + j]); `to_whole` picks the direction.
 void shuffle_planes(const at::Tensor& whole, const at::Tensor& mixed, const at::Tensor& bypass, int64_t k,
                     bool to_whole) {
   const int64_t batch = whole.size(0), channels = whole.size(1), h = whole.size(2), w = whole.size(3);
   const int64_t m = mixed.size(1), es = whole.element_size();
   TORCH_CHECK(es == 1 || es == 2 || es == 4 || es == 8, "partial_channel_shuffle: unsupported element size");
+  if (whole.stride(1) == 1 && mixed.stride(1) == 1 && bypass.stride(1) == 1) {
+    switch (es) {
+      case 1: return shuffle_pixels<uint8_t>(whole, mixed, bypass, k, to_whole);
+      case 2: return shuffle_pixels<uint16_t>(whole, mixed, bypass, k, to_whole);
+      case 4: return shuffle_pixels<uint32_t>(whole, mixed, bypass, k, to_whole);
+      default: return shuffle_pixels<uint64_t>(whole, mixed, bypass, k, to_whole);
+    }
+  }
   char* wp = static_cast<char*>(whole.data_ptr());
   char* mp = static_cast<char*>(mixed.data_ptr());
   char* bp = static_cast<char*>(bypass.data_ptr());
@@ -124,15 +163,17 @@ void shuffle_planes(const at::Tensor& whole, const at::Tensor& mixed, const at::
 
 at::Tensor partial_channel_shuffle(const at::Tensor& mixed, const at::Tensor& bypass, int64_t k) {
   const int64_t m = mixed.size(1);
-  at::Tensor out = at::empty({mixed.size(0), k * m, mixed.size(2), mixed.size(3)}, mixed.options());
+  at::Tensor out = at::empty({mixed.size(0), k * m, mixed.size(2), mixed.size(3)},
+                             mixed.options().memory_format(mixed.suggest_memory_format()));
   shuffle_planes(out, mixed, bypass, k, /*to_whole=*/true);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_channel_unshuffle(const at::Tensor& grad, int64_t k) {
   const int64_t batch = grad.size(0), m = grad.size(1) / k, h = grad.size(2), w = grad.size(3);
-  at::Tensor mixed = at::empty({batch, m, h, w}, grad.options());
-  at::Tensor bypass = at::empty({batch, (k - 1) * m, h, w}, grad.options());
+  const auto options = grad.options().memory_format(grad.suggest_memory_format());
+  at::Tensor mixed = at::empty({batch, m, h, w}, options);
+  at::Tensor bypass = at::empty({batch, (k - 1) * m, h, w}, options);
   shuffle_planes(grad, mixed, bypass, k, /*to_whole=*/false);
   return {mixed, bypass};
 }

@@ -127,7 +127,8 @@ at::Tensor dot(const at::Tensor& a, const at::Tensor& b) {
 
 at::Tensor partial_channel_shuffle(const at::Tensor& mixed, const at::Tensor& bypass, int64_t k) {
   const c10::cuda::CUDAGuard guard(mixed.device());
-  at::Tensor out = at::empty({mixed.size(0), k * mixed.size(1), mixed.size(2), mixed.size(3)}, mixed.options());
+  at::Tensor out = at::empty({mixed.size(0), k * mixed.size(1), mixed.size(2), mixed.size(3)},
+                             mixed.options().memory_format(mixed.suggest_memory_format()));
   shuffle_planes<true>(out, mixed, bypass, k);
   return out;
 }
@@ -135,8 +136,9 @@ at::Tensor partial_channel_shuffle(const at::Tensor& mixed, const at::Tensor& by
 std::tuple<at::Tensor, at::Tensor> partial_channel_unshuffle(const at::Tensor& grad, int64_t k) {
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), m = grad.size(1) / k, h = grad.size(2), w = grad.size(3);
-  at::Tensor mixed = at::empty({batch, m, h, w}, grad.options());
-  at::Tensor bypass = at::empty({batch, (k - 1) * m, h, w}, grad.options());
+  const auto options = grad.options().memory_format(grad.suggest_memory_format());
+  at::Tensor mixed = at::empty({batch, m, h, w}, options);
+  at::Tensor bypass = at::empty({batch, (k - 1) * m, h, w}, options);
   shuffle_planes<false>(grad, mixed, bypass, k);
   return {mixed, bypass};
 }

@@ -65,3 +65,17 @@ def test_channels_last_pairs(native_ops, device):
     got = native_ops.weighted_accumulate_(out.clone(), y, 0.7, False)
     torch.testing.assert_close(got, out + 0.7 * y)
     torch.testing.assert_close(native_ops.dot(y, out), (y * out).sum(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.uint8])
+def test_shuffle_channels_last(native_ops, device, dtype):
+    """NHWC inputs take the pixel-by-pixel path and give NHWC outputs, equal to the reference's."""
+    nhwc = torch.channels_last
+    node = (100 * torch.randn(3, 20, 6, 7)).to(device, dtype).contiguous(memory_format=nhwc)
+    mixed, bypass = node[:, :5], node[:, 5:]  # channel slices: channel stride 1, odd sizes
+    out = native_ops.partial_channel_shuffle(mixed, bypass, 4)
+    assert out.is_contiguous(memory_format=nhwc)
+    assert torch.equal(out, partial_channel_shuffle_reference(mixed, bypass, 4))
+    parts = native_ops.partial_channel_unshuffle(out, 4)
+    assert all(p.is_contiguous(memory_format=nhwc) for p in parts)
+    assert torch.equal(parts[0], mixed) and torch.equal(parts[1], bypass)

@@ -41,6 +41,26 @@ def test_gradcheck(kernels):
     assert torch.autograd.gradcheck(lambda a, b: partial_channel_shuffle(a, b, 4), (mixed, bypass))
 
 
+@pytest.mark.parametrize(("batch", "m", "k", "hw"), [(1, 2, 4, 3), (2, 3, 4, 5), (3, 5, 3, 7)])
+def test_channels_last_stays_channels_last(kernels, batch, m, k, hw):
+    """CPU searches run NHWC: the shuffle and its gradients keep that layout (an NCHW result sent every later
+    layer of the PC-DARTS supernet down oneDNN's slow NCHW kernels), with the values of the NCHW reference."""
+    nhwc = torch.channels_last
+    dev = kernels.device
+    node = torch.randn(batch, k * m, hw, hw, device=dev).contiguous(memory_format=nhwc).requires_grad_()
+    g = torch.randn(batch, k * m, hw, hw, device=dev).contiguous(memory_format=nhwc)
+    plain = node.detach().contiguous().requires_grad_()
+    ref = partial_channel_shuffle_reference(2 * plain[:, :m], plain[:, m:], k)
+    (ref_grad,) = torch.autograd.grad(ref, plain, g.contiguous())
+    for fn in (partial_channel_shuffle_reference, partial_channel_shuffle):
+        part, bypass = node.split([m, (k - 1) * m], dim=1)  # channel slices of an NHWC node, as PartialChannel
+        y = fn(2 * part, bypass, k)  # (the mixed op's output)
+        (grad,) = torch.autograd.grad(y, node, g)
+        assert y.is_contiguous(memory_format=nhwc) and grad.is_contiguous(memory_format=nhwc), fn.__name__
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not fit"):
         partial_channel_shuffle(torch.randn(1, 2, 3, 3), torch.randn(1, 5, 3, 3), 4)

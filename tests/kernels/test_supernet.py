@@ -62,3 +62,33 @@ def test_fused_under_functional_call(kernels):
         assert (g_fused is None) == (g is None), name
         if g is not None:
             torch.testing.assert_close(g_fused, g, rtol=1e-7, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize(("mixing", "partial_channels"), [(WeightedSum, 1), (PartialChannel, 4)], ids=["darts", "pc"])
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_channels_last_step_stays_channels_last(kernels, mixing, partial_channels, fused):
+    """CPU searches run NHWC (hwnas.device.memory_format): every cell's output stays NHWC, as do the gradients
+    of the network input, and the step equals the NCHW one."""
+    from hwnas.spaces.darts import SearchCell
+
+    torch.manual_seed(0)
+    pc = partial_channels > 1
+    net = DartsSupernet(8, 5, 3, 3, DARTS_PRIMITIVES, partial_channels=partial_channels, edge_normalization=pc)
+    net = net.to(kernels.device, torch.float64)
+    net.set_mixing(mixing(fused=fused))
+    nhwc = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    layouts = []
+    for cell in (m for m in nhwc.modules() if isinstance(m, SearchCell)):
+        cell.register_forward_hook(
+            lambda m, i, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+        )
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, device=kernels.device)
+    x_nhwc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = torch.tensor([1, 4], device=kernels.device)
+    torch.testing.assert_close(step(nhwc, x_nhwc, y), step(net, x.requires_grad_(), y))
+    assert layouts and all(layouts)
+    assert x_nhwc.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x_nhwc.grad, x.grad, rtol=1e-7, atol=1e-10)
+    for (name, p_nhwc), p in zip(nhwc.named_parameters(), net.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p_nhwc.grad, p.grad, rtol=1e-7, atol=1e-10, msg=name)
