@@ -182,12 +182,8 @@ class AndroidProfiler(Profiler):
 
     def metadata(self) -> dict:
         meta = super().metadata()
-        meta["phone"] = {
-            "serial": self.serial,
-            **self.phone(),
-            "delegate": self.delegate,
-            "cpu_mask": self.cpu_mask,
-        }
+        meta["phone"] = {"serial": self.serial, **self.phone(), "cpu_mask": self.cpu_mask}
+        meta["delegate"] = self.delegate
         return meta
 
     def measure_tflite(self, model: bytes) -> Measurement:

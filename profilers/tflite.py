@@ -3,7 +3,9 @@
 Conversion: litert-torch (the maintained PyTorch-to-LiteRT converter, formerly ai-edge-torch) with
 channels-last input and output, so a single op is timed without the layout transposes a whole NHWC network
 does not have. Runtime: the ai-edge-litert interpreter, the maintained successor of tflite-runtime (whose only
-CPython 3.11 build needs numpy < 2); its default op resolver applies XNNPACK.
+CPython 3.11 build needs numpy < 2); its default op resolver applies XNNPACK. `delegate="cpu"` runs TFLite's
+builtin kernels instead (as `benchmark_model --use_xnnpack=false` does on a phone): on the x86 VMs here
+XNNPACK runs a 7x7 depthwise convolution ~5x slower than they do (benchmarks/litert_depthwise.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
+from hwnas.errors import HwnasError
 from hwnas.profilers.base import ExportingProfiler, RunBatch, example_input, import_extra, quiet_converter
+
+DELEGATES = ("xnnpack", "cpu")  # named as for --device android: cpu = TFLite's builtin kernels, no delegate
 
 
 def litert_torch_module():
@@ -45,6 +50,18 @@ class TfliteProfiler(ExportingProfiler):
     runtime = "ai-edge-litert"
     suffix = ".tflite"
 
+    def __init__(self, *args, delegate: str = "xnnpack", **kwargs):
+        super().__init__(*args, **kwargs)
+        if delegate not in DELEGATES:
+            raise HwnasError(
+                f"delegate {delegate!r}: the LiteRT interpreter here runs {' or '.join(DELEGATES)} "
+                "(gpu and nnapi run on a phone: --device android)"
+            )
+        self.delegate = delegate
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), "delegate": self.delegate}
+
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
 
@@ -55,9 +72,20 @@ class TfliteProfiler(ExportingProfiler):
         interpreter_module()
         return convert_tflite(module, shape)
 
-    def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
-        interpreter = interpreter_module().Interpreter(model_content=model, num_threads=self.threads)
+    def interpreter(self, model: bytes):
+        """An allocated LiteRT interpreter of `model` with this profiler's threads and delegate."""
+        litert = interpreter_module()
+        resolver = {"xnnpack": "AUTO", "cpu": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}[self.delegate]
+        interpreter = litert.Interpreter(
+            model_content=model,
+            num_threads=self.threads,
+            experimental_op_resolver_type=getattr(litert.OpResolverType, resolver),
+        )
         interpreter.allocate_tensors()
+        return interpreter
+
+    def load(self, model: bytes, shape: tuple[int, ...]) -> RunBatch:
+        interpreter = self.interpreter(model)
         detail = interpreter.get_input_details()[0]
         b, c, h, w = shape
         x = example_input((b, c, h, w)).permute(0, 2, 3, 1).numpy().astype(np.float32)

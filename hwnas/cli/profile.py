@@ -38,6 +38,8 @@ from hwnas.profilers.protocol import Measurement
 log = logging.getLogger(__name__)
 DEFAULT_INPUT_SIZE = {"mobile": 224, "darts": 32}
 DEVICES = ("cpu", "onnxruntime", "tflite", "gpu", "android")
+DELEGATED = ("tflite", "android")  # the devices --delegate applies to
+DEFAULT_DELEGATE = "xnnpack"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--serial", action="append", help="adb serial of the phone; repeat to measure on several phones of one model"
     )
     android.add_argument("--binary", help="benchmark_model binary for the phone (android_aarch64 build)")
-    android.add_argument("--delegate", default="xnnpack", choices=("cpu", "xnnpack", "gpu", "nnapi"))
+    android.add_argument(
+        "--delegate",
+        choices=("cpu", "xnnpack", "gpu", "nnapi"),
+        help="also for --device tflite (xnnpack or cpu, TFLite's builtin kernels); default xnnpack. Another "
+        "delegate's table answers to <device>_<delegate> unless --name says otherwise",
+    )
     android.add_argument("--cpu-mask", help="taskset mask, e.g. f0 for the big cores")
     android.add_argument("--op-profiling", action="store_true", help="benchmark_model --enable_op_profiling")
     gpu = parser.add_argument_group("gpu")
@@ -115,13 +122,16 @@ def _device_options(args, cache_dir: Path | None = None) -> list[dict]:
         raise HwnasError("--serial applies to --device android")
     if args.gpu_ids is not None and args.device != "gpu":
         raise HwnasError("--gpu-ids applies to --device gpu")
+    if args.delegate is not None and args.device not in DELEGATED:
+        raise HwnasError(f"--delegate applies to --device {' and '.join(DELEGATED)}")
     protocol = Protocol(warmup_runs=args.warmup, runs=args.runs, clock=args.clock)
     options = {"device": args.device, "threads": args.threads, "batch": args.batch, "protocol": protocol}
     if cache_dir is not None and issubclass(PROFILERS.get(args.device), ExportingProfiler):
         options["cache_dir"] = str(cache_dir)
+    if args.device in DELEGATED:
+        options["delegate"] = args.delegate or DEFAULT_DELEGATE
     if args.device == "android":
-        options.update(binary=args.binary, delegate=args.delegate, cpu_mask=args.cpu_mask,
-                       op_profiling=args.op_profiling)  # fmt: skip
+        options.update(binary=args.binary, cpu_mask=args.cpu_mask, op_profiling=args.op_profiling)
         per_device = [{"serial": serial} for serial in args.serial or [None]]
     elif args.device == "gpu":
         per_device = [{"gpu_index": i} for i in _gpu_ids(args.gpu_ids)]
@@ -229,6 +239,11 @@ def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
                 f"{table.path} holds {name} {getattr(old, name)!r}, not {getattr(metadata, name)!r}; "
                 "choose another --out"
             )
+    delegates = old.details.get("delegate"), metadata.details.get("delegate")
+    if None not in delegates and delegates[0] != delegates[1]:
+        raise HwnasError(
+            f"{table.path} was measured with delegate {delegates[0]}, not {delegates[1]}; choose another --out"
+        )
     if old.runtime_version != metadata.runtime_version:
         log.warning(
             "%s was measured with %s %s; adding entries measured with %s",
@@ -283,6 +298,8 @@ def run(args) -> int:
     )
     configs = space_op_configs(space, input_size, cfg)
     name = args.name or args.device
+    if args.name is None and args.delegate not in (None, DEFAULT_DELEGATE):
+        name = f"{args.device}_{args.delegate}"
     out = args.out or default_table_path(name, space, input_size)
     rounds = args.rounds or (1 if args.device == "android" else 3)
     if rounds < 1:

@@ -65,6 +65,28 @@ def test_profile_refuses_a_table_of_another_device(cli, user_tables, tmp_path):
     assert "holds runtime 'onnxruntime', not 'pytorch'" in done.stderr
 
 
+def test_profile_tflite_builtin_kernels_is_a_table_of_its_own(cli, user_tables):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    args = ("profile", "--device", "tflite", *TINY, "--rounds", "1", "--primitives", "skip_connect,avg_pool_3x3")
+    done = cli(*args, "--delegate", "cpu")
+    assert done.returncode == 0, done.stderr
+    table = LatencyTable.load(user_tables / "tflite_cpu_darts_8.json")  # answers to --target tflite_cpu
+    assert table.metadata.target == "tflite_cpu" and table.metadata.details["delegate"] == "cpu"
+    assert not (user_tables / "tflite_darts_8.json").exists()
+    done = cli(*args, "--name", "tflite_cpu")  # XNNPACK's timings do not go into the builtin kernels' table
+    assert done.returncode == 2
+    assert "was measured with delegate cpu, not xnnpack; choose another --out" in done.stderr
+
+
+def test_delegate_errors(user_tables, capsys):
+    assert main(["profile", "--device", "cpu", "--space", "darts", "--delegate", "cpu"]) == 2
+    assert main(["profile", "--device", "tflite", "--space", "darts", "--delegate", "gpu"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "hwnas: error: --delegate applies to --device tflite and android"
+    assert err[1].startswith("hwnas: error: delegate 'gpu': the LiteRT interpreter here runs xnnpack or cpu")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_gpu_without_cuda_exits_2_with_one_line(cli, user_tables):
     done = cli("profile", "--device", "gpu", "--space", "darts")

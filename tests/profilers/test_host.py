@@ -51,6 +51,15 @@ def test_tflite_profiler():
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("litert_torch")
     check(get_profiler("tflite", threads=1, protocol=FAST), OPS[:1] + OPS[2:])
+    builtin = get_profiler("tflite", threads=1, protocol=FAST, delegate="cpu")  # TFLite's kernels, no XNNPACK
+    check(builtin, OPS[:1])
+    assert builtin.metadata()["delegate"] == "cpu"
+    model = builtin.export(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4).eval(), (1, 4, 6, 6))
+    for profiler, delegated in ((builtin, False), (get_profiler("tflite"), True)):
+        ops = [op["op_name"] for op in profiler.interpreter(model)._get_ops_details()]
+        assert ("DELEGATE" in ops) == delegated, ops
+    with pytest.raises(HwnasError, match="delegate 'nnapi': the LiteRT interpreter here runs xnnpack or cpu"):
+        get_profiler("tflite", delegate="nnapi")
 
 
 def test_missing_runtime_names_the_extra(monkeypatch):
