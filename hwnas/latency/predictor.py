@@ -10,9 +10,9 @@ Two stages, fitted on a table's entries:
    (Zhang et al., "nn-Meter", MobiSys 2021), kept shallow and shrunk because tables hold ~50–100 entries;
 3. for an op whose siblings (the same layer but for its expansion ratio) are in the table, their mean log
    residual instead, shrunk towards the booster's by a pseudo-count (`SIBLING_PRIOR`): a random effect per layer
-   geometry. It carries what only that layer shows, e.g. LiteRT/XNNPACK's 7x7 depthwise once its input outgrows
-   the L2 cache (2x its per-MAC cost at 112x112 on the VM of the shipped `tflite` table), which no cost term
-   shared across shapes can.
+   geometry. It carries what only that layer shows, e.g. LiteRT/XNNPACK's 7x7 depthwise on the 112x112 input
+   (about 2x its per-MAC cost on every other shape on the Xeon VMs: benchmarks/litert_depthwise.py), which no
+   cost term shared across shapes can.
 
 A fitted predictor is saved beside its table (``<table>.predictor.pkl``) with a digest of the entries it saw.
 """
