@@ -1,5 +1,6 @@
 """Helpers shared by the latency tests."""
 
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,3 +38,11 @@ def of_this_machine(table: LatencyTable) -> LatencyTable:
     details = {**table.metadata.details, "machine": machine}
     device = this_machine(table.metadata.target)
     return LatencyTable(replace(table.metadata, device=device, details=details), table.entries)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 
 import numpy as np
@@ -10,15 +9,12 @@ import pytest
 
 from hwnas.latency.catalogue import space_op_configs
 from hwnas.latency.table import LatencyTable
-from tests.latency.helpers import REPO, make_table
+from tests.latency.helpers import load_benchmark, make_table
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("latency_accuracy", REPO / "benchmarks" / "latency_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latency_accuracy")
 
 
 def test_one_anomalous_layer_is_named_and_carries_the_error(bench):

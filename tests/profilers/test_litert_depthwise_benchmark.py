@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.latency.helpers import REPO
+from tests.latency.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("litert_depthwise", REPO / "benchmarks" / "litert_depthwise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("litert_depthwise")
 
 
 def test_shapes_are_the_mobile_spaces_hidden_widths(bench):
