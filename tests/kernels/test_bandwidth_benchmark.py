@@ -34,3 +34,14 @@ def test_small_run_on_cuda(tmp_path: Path):
     ops = {(r["op"], r["impl"]) for r in rows}
     assert {("copy", "torch"), ("accumulate", "triton"), ("shuffle", "reference"), ("dot", "triton")} <= ops
     assert all(r["gb_s"] > 0 and r["ms"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the script would run in earnest")
+def test_gpu_checks_script_stops_at_once_without_cuda(tmp_path: Path):
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == "gpu_checks: needs a CUDA GPU; torch sees none here"
+    assert not any((tmp_path / "out").iterdir())  # nothing built, tested or measured
