@@ -1,4 +1,5 @@
-"""benchmarks/kernel_bandwidth.py: a clear exit without a GPU; on one, every operation and backend measured."""
+"""benchmarks/kernel_bandwidth.py and benchmarks/gpu_checks.sh: a clear exit without a GPU; on one, every
+operation and backend measured."""
 
 from __future__ import annotations
 
