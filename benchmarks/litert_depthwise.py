@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from hwnas.latency.catalogue import mobile_blocks
+from hwnas.latency.catalogue import conv_out, mobile_blocks
 from hwnas.profilers import Protocol, get_profiler
 from hwnas.profilers.protocol import machine_metadata, measure
 from hwnas.run import write_json_atomic
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             conv = nn.Conv2d(channels, channels, kernel, stride, kernel // 2, groups=channels, bias=False)
             shape = (1, channels, hw, hw)
             model = profilers["xnnpack"].export(conv.eval(), shape)
-            hw_out = (hw + 2 * (kernel // 2) - kernel) // stride + 1
-            macs = hw_out * hw_out * channels * kernel * kernel
+            macs = conv_out(hw, stride) ** 2 * channels * kernel * kernel
             row = {"channels": channels, "hw_in": hw, "stride": stride, "kernel": kernel, "macs": macs}
             for delegate, profiler in profilers.items():
                 ms = measure(profiler.load(model, shape), protocol).median_ms
