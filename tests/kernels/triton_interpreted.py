@@ -36,6 +36,18 @@ def test_shuffle(m, k, h, w):
         assert torch.equal(g, r)
 
 
+def test_shuffle_channels_last():
+    """NHWC in, NHWC out (CPU searches run channels_last), the values of the reference."""
+    node = torch.randn(2, 12, 5, 7).contiguous(memory_format=torch.channels_last)
+    mixed, bypass = node[:, :3], node[:, 3:]
+    out = partial_channel.partial_channel_shuffle_triton(mixed, bypass, 4)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, partial_channel.partial_channel_shuffle_reference(mixed, bypass, 4))
+    parts = partial_channel.partial_channel_unshuffle_triton(out, 4)
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in parts)
+    assert torch.equal(parts[0], mixed) and torch.equal(parts[1], bypass)
+
+
 def test_fused_mixed_op_and_shuffle_dispatching_to_triton(monkeypatch):
     monkeypatch.setattr(backend, "kernel_backend", lambda device, *size: "triton")
     torch.manual_seed(0)
