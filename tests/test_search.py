@@ -14,18 +14,36 @@ def _search(tmp_path, name="run", on_step=None, **changes):
     return run_search(cfg, RunDir.create(tmp_path / name, "search", cfg.to_json()), progress=False, on_step=on_step)
 
 
-def test_one_search_epoch_moves_alpha_and_writes_the_run_directory(tmp_path):
+def test_one_search_epoch_writes_the_run_directory(tmp_path):
     result = _search(tmp_path, epochs=1)
     run = tmp_path / "run"
     for name in ("config.json", "genotype.json", "metrics.jsonl", "alphas.json", "checkpoint.pt", "summary.json",
                  "log.txt", "cell_normal.png", "cell_reduce.png", "alphas.png"):  # fmt: skip
         assert (run / name).is_file(), name
-    alphas = json.loads((run / "alphas.json").read_text())
-    probs = torch.tensor(alphas["epochs"][0]["normal"])
-    assert not torch.allclose(probs, torch.full_like(probs, 1 / probs.shape[1]), atol=1e-4)
     assert json.loads((run / "genotype.json").read_text()) == result.genotype.to_json()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["genotype"] == result.genotype.to_json() and summary["wall_s"] > 0
+
+
+def _alphas(run) -> list[torch.Tensor]:
+    """The normal cell's α probabilities after each epoch of a search."""
+    return [torch.tensor(e["normal"]) for e in json.loads((run / "alphas.json").read_text())["epochs"]]
+
+
+def _searched_alphas(tmp_path, name, **changes) -> list[torch.Tensor]:
+    _search(tmp_path, name, **changes)
+    return _alphas(tmp_path / name)
+
+
+def test_alpha_stays_in_warmup_epochs_and_moves_after(tmp_path):
+    """--arch-warmup-epochs trains the weights alone: α after a warm-up epoch is its seeded initial value whatever
+    its learning rate, and differs from the α a search epoch leaves."""
+    searched = _searched_alphas(tmp_path, "searched")
+    warm = _searched_alphas(tmp_path, "warm", arch_warmup_epochs=1)
+    warm_fast = _searched_alphas(tmp_path, "warm_fast", arch_warmup_epochs=1, a_lr=0.1)
+    assert torch.equal(warm[0], warm_fast[0])
+    assert not torch.equal(searched[0], warm[0])
+    assert not torch.equal(warm[1], warm[0]) and not torch.equal(warm_fast[1], warm[1])
 
 
 def test_same_seed_same_genotype_and_alpha(tmp_path):
@@ -35,6 +53,23 @@ def test_same_seed_same_genotype_and_alpha(tmp_path):
     assert json.loads((tmp_path / "a" / "alphas.json").read_text()) == json.loads(
         (tmp_path / "b" / "alphas.json").read_text()
     )
+
+
+@pytest.mark.parametrize("strategy", ["darts", "pcdarts"])
+def test_fused_search_runs_the_fused_op_and_finds_the_same_architecture(tmp_path, monkeypatch, strategy):
+    """--fused changes memory, not the search: the fused op runs on every edge, and α and the genotype are the
+    unfused run's."""
+    from hwnas.kernels import mixed_op
+
+    plain = _search(tmp_path, "plain", strategy=strategy)
+    calls = []
+    original = mixed_op.fused_mixed_op
+    monkeypatch.setattr(mixed_op, "fused_mixed_op", lambda *args: calls.append(1) or original(*args))
+    fused = _search(tmp_path, "fused", strategy=strategy, fused=True)
+    assert calls
+    assert fused.genotype == plain.genotype
+    for got, want in zip(_alphas(tmp_path / "fused"), _alphas(tmp_path / "plain"), strict=True):
+        torch.testing.assert_close(got, want)
 
 
 class _Killed(Exception):

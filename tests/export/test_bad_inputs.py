@@ -122,3 +122,17 @@ def test_int8_needs_data_shaped_like_the_input(tmp_path):
     with pytest.raises(HwnasError, match="int8 calibration needs training data shaped like the input"):
         export_network(spec, ExportOptions(("tflite",), tmp_path / "out", quantize="int8"))
     _assert_nothing_written(tmp_path)
+
+
+def test_outputs_that_differ_from_pytorch_fail_the_export(monkeypatch, tmp_path):
+    """An exported model that does not compute the network (here: ONNX Runtime's outputs nudged by 1e-2) is an
+    error, and nothing is published."""
+    from hwnas.export import onnx as onnx_module
+
+    run = onnx_module.OnnxModel.__call__
+    monkeypatch.setattr(onnx_module.OnnxModel, "__call__", lambda self, x: run(self, x) + 1e-2)
+    spec = resolve_spec(genotype="DARTS_V2", shape={"init_channels": 4, "layers": 3}, **SHAPES)
+    with pytest.raises(HwnasError, match="the onnx model's outputs differ from PyTorch's by 0.01 ") as info:
+        export_network(spec, ExportOptions(("onnx",), tmp_path / "out"))
+    assert "\n" not in str(info.value)
+    _assert_nothing_written(tmp_path)

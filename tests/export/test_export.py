@@ -8,6 +8,7 @@ import torch
 
 from hwnas.export import ExportOptions, build_network, export_network, resolve_spec
 from hwnas.export.onnx import OnnxModel
+from hwnas.export.pipeline import QUANTIZED_AGREEMENT
 from hwnas.export.report import FLOAT_TOLERANCE, REPORT_NAME
 from hwnas.export.tflite import TfliteModel
 from hwnas.latency.catalogue import mobile_blocks
@@ -88,12 +89,13 @@ def test_quantized_tflite_loads_and_runs(train_run, tmp_path, mode):
                                                 protocol=FAST))  # fmt: skip
     assert row.file == f"model_{mode}.tflite" and mode in row.opset_or_converter
     assert row.predicted_latency_ms is None  # the tables time float32 ops
-    assert 0.0 <= row.top1_agreement <= 1.0
+    assert row.top1_agreement >= QUANTIZED_AGREEMENT  # on the run's test split
     model = TfliteModel((out / row.file).read_bytes())
     assert model.input_dtype == ("int8" if mode == "int8" else "float32")
     x = np.random.default_rng(5).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
     reference = _pytorch(spec, x)
     outputs = model(x)
     assert outputs.shape == reference.shape and np.all(np.isfinite(outputs))
-    if mode == "fp16":  # float16 weights, float32 arithmetic; int8 is judged by its top-1 agreement
-        assert np.abs(outputs - reference).max() <= 1e-2 * np.abs(reference).max()
+    # float16 weights with float32 arithmetic stay close; int8 activations within a few quantisation steps
+    bound = 1e-2 if mode == "fp16" else 5e-2
+    assert np.abs(outputs - reference).max() <= bound * np.abs(reference).max()

@@ -165,6 +165,29 @@ def test_max_pool_saves_window_positions_not_indices():
     assert [t.shape for t in saved if t.dtype == torch.uint8] == [x.shape]
 
 
+@pytest.mark.parametrize(
+    ("pool", "width", "offsets"),
+    [
+        (nn.MaxPool2d(3, 1, 1), 126, torch.uint8),  # window span 2·126 + 2 = 254
+        (nn.MaxPool2d(3, 1, 1), 127, torch.int16),  # span 256: one past a byte
+        (nn.MaxPool2d(3, 2, 1), 161, torch.int16),  # a DARTS reduction at 160+ px
+        (nn.MaxPool2d(3, 1, 1, dilation=(2, 1)), 8193, torch.int32),  # span 4·8193 + 2 > 32767
+    ],
+    ids=["uint8", "int16_at_127", "int16", "int32"],
+)
+def test_max_pool_offsets_widen_with_the_input(pool, width, offsets):
+    """Window offsets that pass a byte (or 16 bits) are kept in a wider integer, and the gradients stay
+    max_pool2d's."""
+    ops = nn.ModuleList([pool, nn.Identity()])
+    x = torch.randn(1, 2, 5, width)
+    active = [0, 1] if pool(x).shape == x.shape else [0]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fused_mixed_op(x.detach().requires_grad_(), row_weights(2).requires_grad_(), ops, active)
+    assert [t.dtype for t in saved if not t.is_floating_point()] == [offsets]
+    compare(ops, x, row_weights(2), active)
+
+
 class Edge(nn.Module):
     def __init__(self, ops: nn.ModuleList, fn):
         super().__init__()

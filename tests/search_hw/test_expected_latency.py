@@ -178,6 +178,49 @@ def test_loss_forms(synthetic_table):
     assert loose.lam < 0  # far too fast for the budget: λ turns negative and rewards latency
 
 
+@pytest.mark.parametrize("mode", ["additive", "target", "multiplicative"])
+def test_loss_gradient_reaches_alpha_through_e_lat(synthetic_table, mode):
+    """∂loss/∂α: ∂CE/∂α + (λ/T)·∂E[LAT]/∂α (additive, target), r^β·∂CE/∂α + CE·β·r^(β-1)/T·∂E[LAT]/∂α with
+    r = E[LAT]/T (multiplicative): E[LAT] is not a constant of the architecture step."""
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    with torch.no_grad():
+        net.alpha.normal_(generator=torch.Generator().manual_seed(4))
+    budget, lam, beta = 0.8 * float(model.expected_ms(net).detach()), 0.7, 0.6
+    objective = LatencyObjective(model, budget, mode, lam=lam, beta=beta)
+
+    def ce():  # any task loss that depends on α
+        return (net.alpha.sin() ** 2).sum()
+
+    (grad_loss,) = torch.autograd.grad(objective(ce(), net), net.alpha)
+    (grad_ce,) = torch.autograd.grad(ce(), net.alpha)
+    expected = model.expected_ms(net)
+    (grad_e,) = torch.autograd.grad(expected, net.alpha)
+    assert grad_e.abs().max() > 0
+    ratio, task = float(expected.detach()) / budget, float(ce().detach())
+    if mode == "multiplicative":
+        analytic = ratio**beta * grad_ce + task * beta * ratio ** (beta - 1) / budget * grad_e
+    else:
+        analytic = grad_ce + lam / budget * grad_e
+    torch.testing.assert_close(grad_loss, analytic)
+
+
+def test_alpha_steps_on_the_latency_loss_alone_make_the_network_faster(synthetic_table):
+    """Gradient steps on λ·E[LAT]/T lower E[LAT] and the argmax architecture's latency (before any repair)."""
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    with torch.no_grad():
+        net.alpha.normal_(generator=torch.Generator().manual_seed(5))
+    start_expected = float(model.expected_ms(net).detach())
+    start_argmax = model.architecture_ms(net, net.derive())
+    objective = LatencyObjective(model, start_expected, "additive", lam=1.0)
+    optimizer = torch.optim.Adam([net.alpha], lr=0.1)
+    for _ in range(30):
+        optimizer.zero_grad()
+        objective(torch.zeros((), dtype=torch.float64), net).backward()
+        optimizer.step()
+    assert float(model.expected_ms(net).detach()) < 0.8 * start_expected
+    assert model.architecture_ms(net, net.derive()) < start_argmax
+
+
 def test_shipped_pixel1_table_range():
     """The ProxylessNAS Pixel 1 table spans about 30 ms (all optional blocks skipped) to about 191 ms."""
     table = resolve_target("mobile", "mobile", 224)

@@ -30,7 +30,7 @@ def test_each_strategy_moves_alpha_and_derives(name):
     for i in range(3):
         metrics = strategy.step(_batch(seed=i), _batch(seed=10 + i))
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(metrics)
-    assert any(not torch.equal(b, a) for b, a in zip(before, net.arch_parameters()))
+    assert all(not torch.equal(b, a) for b, a in zip(before, net.arch_parameters()))  # α (and β) of every cell
     assert all(torch.isfinite(a).all() for a in net.arch_parameters())
     genotype = strategy.derive()
     genotype.validate()
