@@ -40,41 +40,61 @@ def test_loader_order_depends_only_on_seed_and_epoch():
     assert first == again and first != other
 
 
-def _write_cifar10(root, n_train=20, n_test=10):
+def _write_cifar10(root, n_train=20, n_test=10) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """CIFAR-10's python format: per batch file, rows of 3072 bytes (R, G, B planes of 32x32) and labels.
+    Returns {"train": (data, labels), "test": ...} as written, the train batches in order."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    written = {"train": ([], []), "test": ([], [])}
     for name, n in [*[(f"data_batch_{i}", n_train // 5) for i in range(1, 6)], ("test_batch", n_test)]:
         batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+        data, labels = written["test" if name == "test_batch" else "train"]
+        data.append(batch["data"])
+        labels.extend(batch["labels"])
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return {split: (np.concatenate(data), labels) for split, (data, labels) in written.items()}
 
 
 @needs_torchvision
 def test_cifar10_from_its_python_format(tmp_path):
-    _write_cifar10(tmp_path)
-    splits = load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path), image_size=16))
+    written = _write_cifar10(tmp_path)
+    splits = load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path), image_size=32))
     assert len(splits.train) == 20 and len(splits.test) == 10 and splits.num_classes == 10
-    x, y = splits.train[3]
-    assert x.shape == (3, 16, 16) and 0 <= y < 10
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    for split, dataset in (("train", splits.train), ("test", splits.test)):
+        data, labels = written[split]
+        for i in (0, 3, 9):  # 3 and 9: in the second and fifth train batch files
+            x, y = dataset[i]
+            pixels = torch.from_numpy(data[i].reshape(3, 32, 32)).float() / 255  # (C, H, W)
+            assert y == labels[i]
+            torch.testing.assert_close(x, (pixels - mean.view(3, 1, 1)) / std.view(3, 1, 1))
+    resized = load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path), image_size=16))
+    assert resized.train[0][0].shape == (3, 16, 16)
 
 
 @needs_torchvision
 def test_imagefolder_from_png_files(tmp_path):
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    colours = {"cat": (255, 0, 0), "dog": (0, 255, 0), "eel": (0, 0, 255)}  # one solid colour per class
     for split in ("train", "val"):
-        for cls in ("cat", "dog", "eel"):
+        for cls, colour in colours.items():
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
-                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+                pixels = np.broadcast_to(np.array(colour, dtype=np.uint8), (20, 24, 3)) // (i + 1)
+                Image.fromarray(np.ascontiguousarray(pixels)).save(tmp_path / split / cls / f"{i}.png")
     splits = load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=12))
-    assert splits.num_classes == 3 and len(splits.train) == 9
-    assert splits.train[0][0].shape == (3, 12, 12)
+    assert splits.num_classes == 3 and len(splits.train) == 9 and len(splits.test) == 9
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    for dataset in (splits.train, splits.test):
+        for x, y in dataset:
+            assert x.shape == (3, 12, 12)
+            rgb = (x * std.view(3, 1, 1) + mean.view(3, 1, 1)).mean(dim=(1, 2))  # the image's colour, in [0, 1]
+            assert int(rgb.argmax()) == y  # classes sorted by name: cat red, dog green, eel blue
 
 
 @needs_torchvision
