@@ -17,10 +17,17 @@ OPS = [
 ]
 
 
+# ~200x the MACs of OPS[0]: a profiler that times the op it was given measures it far slower
+BIG = OpConfig.from_key("expanded_conv-input:32x32x32-output:32x32x32-expand:6-kernel:5-stride:1-idskip:1")
+
+
 def check(profiler, ops):
-    for op in ops:
+    medians = []
+    for op in [*ops, BIG]:
         m = profiler.measure_op(op)
         assert m.median_ms > 0 and m.iqr_ms >= 0 and 3 <= m.runs <= FAST.runs
+        medians.append(m.median_ms)
+    assert medians[-1] > 5 * medians[0], medians
     meta = profiler.metadata()
     assert meta["machine"]["threads"] == 1 and meta["protocol"]["runs"] == FAST.runs
     assert meta["protocol"]["clock"] in ("thread", "cuda-events")
