@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +154,21 @@ def test_grad_clip_defaults_per_space():
     assert tiny_search_config(space="mobile").weight_grad_clip is None
     with pytest.raises(HwnasError, match="grad clip must be >= 0"):
         tiny_search_config(grad_clip=-1.0).validate()
+
+
+def test_random_search_keeps_the_candidate_best_on_the_val_split():
+    """Each candidate trains on the same batches and is scored on the val batches; the one with the most correct
+    val predictions in the epoch wins (ties: the first drawn)."""
+    strategy, _net = _prepared("random", random_samples=3)
+    strategy.start_epoch(0)
+    assert len({json.dumps(g.to_json()) for g in strategy.candidates}) == 3
+    val = _batch(seed=20)
+    strategy.step(_batch(seed=0), val)
+    for model, correct in zip(strategy.models, strategy.val_correct):  # counted after the candidate's step
+        model.eval()
+        with torch.no_grad():
+            assert correct == int((model(val[0]).argmax(1) == val[1]).sum())
+    strategy.val_correct, strategy.val_seen = [2, 5, 5], 6
+    strategy.end_epoch(0)
+    assert strategy.derive() == strategy.candidates[1]
+    assert strategy.epoch_metrics()["best_candidate_val_acc"] == pytest.approx(5 / 6)
