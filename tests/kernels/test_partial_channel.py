@@ -30,9 +30,15 @@ def test_matches_reference(kernels, batch, m, k, hw, strided):
 
 
 def test_transposed_inputs(kernels):
-    mixed = torch.randn(2, 3, 4, 5, device=kernels.device).transpose(2, 3)
-    bypass = torch.randn(2, 9, 4, 5, device=kernels.device).transpose(2, 3)
-    assert torch.equal(partial_channel_shuffle(mixed, bypass, 4), partial_channel_shuffle_reference(mixed, bypass, 4))
+    mixed = torch.randn(2, 3, 4, 5, device=kernels.device).transpose(2, 3).requires_grad_()
+    bypass = torch.randn(2, 9, 4, 5, device=kernels.device).transpose(2, 3).requires_grad_()
+    g = torch.randn(2, 12, 5, 4, device=kernels.device)
+    outs = []
+    for fn in (partial_channel_shuffle_reference, partial_channel_shuffle):
+        y = fn(mixed, bypass, 4)
+        outs.append((y, *torch.autograd.grad(y, [mixed, bypass], g)))
+    for got, ref in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 def test_gradcheck(kernels):
