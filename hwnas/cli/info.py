@@ -6,6 +6,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import platform
+from pathlib import Path
 
 PACKAGES = ("hwnas", "torch", "numpy", "scikit-learn", "triton", "onnx", "onnxruntime", "onnxscript",
             "ai-edge-litert", "litert-torch", "torchvision")  # fmt: skip
@@ -51,11 +52,14 @@ def collect() -> dict:
     info["backends"] = backends
     info["latency_tables"] = []
     if _has("hwnas.latency.targets"):
-        from hwnas.latency.targets import list_tables
+        from hwnas.latency.targets import list_tables, taken_by_target
 
+        tables = list_tables()
         info["latency_tables"] = [
-            {k: getattr(t, k) for k in ("name", "device", "runtime", "space", "input_size")} for t in list_tables()
-        ]
+            {**{k: getattr(t, k) for k in ("name", "device", "runtime", "space", "input_size")},
+             "taken_by_target": taken, "path": str(t.table.path)}
+            for t, taken in zip(tables, taken_by_target(tables))
+        ]  # fmt: skip
     return info
 
 
@@ -75,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:22s} {value}")
     print("latency tables:")
     for t in info["latency_tables"]:
-        print(f"  {t['name']:24s} {t['device']} / {t['runtime']}, space {t['space']} at {t['input_size']}")
+        taken = " (--target takes it here)" if t["taken_by_target"] else ""
+        print(f"  {t['name']:12s} {t['device']} / {t['runtime']}, space {t['space']} at {t['input_size']}: "
+              f"{Path(t['path']).name}{taken}")  # fmt: skip
     if not info["latency_tables"]:
         print("  none")
     return 0

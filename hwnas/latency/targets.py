@@ -117,6 +117,16 @@ def list_tables() -> list[TableInfo]:
     return found
 
 
+def taken_by_target(infos: list[TableInfo]) -> list[bool]:
+    """Per table of `infos`, whether `--target` takes it here: of the tables for one target, space and input size,
+    the one `preferred` puts first."""
+    groups: dict[tuple, list[LatencyTable]] = {}
+    for info in infos:
+        groups.setdefault((info.name, info.space, info.input_size), []).append(info.table)
+    taken = {id(preferred(tables, target)[0]) for (target, _space, _size), tables in groups.items()}
+    return [id(info.table) in taken for info in infos]
+
+
 def profile_command(device: str, space: str, input_size: int, *flags: str) -> str:
     """The `hwnas profile` command line that measures `device`'s table of `space` at `input_size`."""
     return " ".join(("hwnas profile --device", device, "--space", space, "--input-size", str(input_size), *flags))
