@@ -24,7 +24,8 @@ WORKER = Path(__file__).with_name("worker.py")
 RUN_FILES = ["alphas.json", "alphas.png", "cell_normal.png", "cell_reduce.png", "checkpoint.pt", "config.json",
              "genotype.json", "log.txt", "metrics.jsonl", "summary.json"]  # fmt: skip
 SEARCHES = {  # name -> flags: every way a strategy reaches its gradients; 2 epochs of 2 steps on the tiny supernet
-    "darts": [], "darts_unrolled": ["--unrolled"], "gdas": ["--strategy", "gdas"],
+    "darts": [], "darts_unrolled": ["--unrolled"], "pcdarts": ["--strategy", "pcdarts", "--pc-k", "2"],
+    "gdas": ["--strategy", "gdas"],
     "proxyless": ["--strategy", "proxyless"], "random": ["--strategy", "random", "--random-samples", "2"],
 }  # fmt: skip
 
