@@ -10,6 +10,7 @@ from hwnas.ops.opconfig import OpConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "latency_tables"
+SHARED_DATA = REPO.parent / "shared" / "latency_data"  # the published phone tables, beside the checkout (and in CI)
 
 
 def make_table(configs: list[OpConfig], target="cpu", space="mobile", input_size=224) -> LatencyTable:

@@ -1,15 +1,11 @@
 """Converting the published phone tables, and the converted tables shipped with hwnas."""
 
-from pathlib import Path
-
 import pytest
 
 from hwnas.errors import HwnasError
 from hwnas.latency.convert import convert_all, convert_ofa, convert_proxyless
 from hwnas.latency.table import LatencyTable
-from tests.latency.helpers import SHIPPED
-
-SHARED = Path("/work/shared/latency_data")
+from tests.latency.helpers import SHARED_DATA, SHIPPED
 
 
 def test_shipped_phone_tables_load():
@@ -52,9 +48,9 @@ def test_convert_errors(tmp_path, text, message):
         convert_proxyless(tmp_path / "none.yaml")
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared latency data not available")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no {SHARED_DATA} (the shared latency data)")
 def test_convert_all_reproduces_the_shipped_entries(tmp_path):
-    written = convert_all(SHARED, tmp_path)
+    written = convert_all(SHARED_DATA, tmp_path)
     assert sorted(p.name for p in written) == sorted(
         p.name for p in SHIPPED.glob("*_*_*.json") if p.name.startswith(("mobile_", "note10_"))
     )
