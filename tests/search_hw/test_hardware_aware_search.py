@@ -123,6 +123,8 @@ def test_target_mode_lands_in_the_budget_band(tmp_path, synthetic_table, fractio
     result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
     summary = result.summary
     assert 0.9 * budget <= summary["predicted_latency_ms"] <= budget
+    repaired = summary["argmax_latency_ms"] + sum(change["delta_ms"] for change in summary["repairs"])
+    assert repaired == pytest.approx(summary["predicted_latency_ms"])  # the repairs made the difference
     assert summary["latency_budget_ms"] == budget and summary["table"]["sha256"]
     assert {"expected_latency_ms", "lambda", "argmax_latency_ms"} <= set(result.history[-1])
     assert result.history[-1]["lambda"] != cfg.latency_lambda  # the dual step moved λ (its sign: test_loss_forms)
