@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -21,15 +24,87 @@ class JsonConfig:
 
     @classmethod
     def from_json(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise HwnasError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise HwnasError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in data.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            elif isinstance(value, dict) and isinstance(hints[name], type) and issubclass(hints[name], JsonConfig):
+                value = hints[name].from_json(value)  # a nested config (`data`)
+            if not _fits(value, hints[name]):
+                shown = json.dumps(value) if not isinstance(value, JsonConfig) else repr(value)
+                raise HwnasError(f"{cls.__name__}: field {name!r} must be {_type_name(hints[name])}, got {shown}")
+            values[name] = value
         return cls(**values)
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value (lists already tuples) is of a config field's type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return f"a list of {args[0].__name__} values" if args[-1] is Ellipsis else f"a list of {len(args)} values"
+    names = {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_all(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed (ok, message) check."""
+    for ok, message in checks:
+        if not ok:
+            raise HwnasError(message)
+
+
+def positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def non_negative(x: float) -> bool:
+    return math.isfinite(x) and x >= 0
+
+
+SEED_LIMIT = 2**32  # NumPy's seeds are 32-bit
+MAX_IMAGE_SIZE = 2048  # beyond this a typo, not an image: a batch of 100000x100000 images allocates terabytes
+MAX_WIDTH_MULT = 4.0
+FOLDER_DATASETS = ("cifar10", "imagefolder")  # the datasets read from --data-dir
+
+
+def seed_check(seed: int) -> tuple[bool, str]:
+    return 0 <= seed < SEED_LIMIT, f"seed must lie in [0, 2**32), got {seed}"
+
+
+def width_mult_check(width_mult: float) -> tuple[bool, str]:
+    return (positive(width_mult) and width_mult <= MAX_WIDTH_MULT,
+            f"width multiplier must lie in (0, {MAX_WIDTH_MULT:g}], got {width_mult}")  # fmt: skip
 
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # the `device` fields; resolved by hwnas.device.resolve_device
@@ -59,10 +134,14 @@ class DataConfig(JsonConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        if not 0.0 < self.train_portion < 1.0:
-            raise HwnasError(f"train portion must lie in (0, 1), got {self.train_portion}")
-        if self.image_size < 4:
-            raise HwnasError(f"image size must be at least 4, got {self.image_size}")
+        check_all([
+            (0.0 < self.train_portion < 1.0, f"train portion must lie in (0, 1), got {self.train_portion}"),
+            (4 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image size must lie in [4, {MAX_IMAGE_SIZE}], got {self.image_size}"),
+            seed_check(self.seed),
+            (self.data_dir is None or self.dataset in FOLDER_DATASETS,
+             f"--data-dir applies to the {' and '.join(FOLDER_DATASETS)} datasets, not {self.dataset}"),
+        ])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,17 +222,23 @@ class SearchConfig(JsonConfig):
             (self.measured_repairs >= 0, f"measured repairs must be >= 0, got {self.measured_repairs}"),
             (self.latency_input_size is None or self.latency_input_size >= 1,
              f"latency input size must be >= 1, got {self.latency_input_size}"),
+            (positive(self.w_lr), f"weight learning rate must be positive, got {self.w_lr}"),
+            (non_negative(self.w_lr_min) and self.w_lr_min <= self.w_lr,
+             f"minimum weight learning rate must lie in [0, {self.w_lr}], got {self.w_lr_min}"),
+            (self.a_lr is None or positive(self.a_lr), f"architecture learning rate must be positive, got {self.a_lr}"),
+            (0 <= self.w_momentum < 1, f"momentum must lie in [0, 1), got {self.w_momentum}"),
+            (non_negative(self.w_weight_decay) and non_negative(self.a_weight_decay), "weight decay must be >= 0"),
+            (all(0 <= b < 1 for b in self.a_betas), f"Adam betas must lie in [0, 1), got {self.a_betas}"),
+            (self.arch_warmup_epochs >= 0, f"arch warm-up epochs must be >= 0, got {self.arch_warmup_epochs}"),
+            (self.random_samples >= 1, f"random samples must be >= 1, got {self.random_samples}"),
+            (non_negative(self.latency_lambda), f"latency lambda must be >= 0, got {self.latency_lambda}"),
+            (positive(self.latency_beta), f"latency beta must be positive, got {self.latency_beta}"),
+            width_mult_check(self.width_mult),
+            seed_check(self.seed),
+            (self.primitives is None or len(set(self.primitives)) == len(self.primitives),
+             f"primitives list an op twice: {','.join(self.primitives or ())}"),
         ]  # fmt: skip
-        for ok, message in checks:
-            if not ok:
-                raise HwnasError(message)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SearchConfig:
-        data = dict(data)
-        if isinstance(data.get("data"), dict):
-            data["data"] = DataConfig.from_json(data["data"])
-        return super().from_json(data)
+        check_all(checks)
 
 
 @dataclass(frozen=True)
@@ -180,20 +265,21 @@ class TrainConfig(JsonConfig):
     def validate(self) -> None:
         self.data.validate()
         check_device_name(self.device)
-        if self.epochs < 1:
-            raise HwnasError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise HwnasError(f"batch size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.drop_path_prob < 1.0:
-            raise HwnasError(f"drop path probability must lie in [0, 1), got {self.drop_path_prob}")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise HwnasError(f"grad clip must be >= 0, got {self.grad_clip}")
-        if self.width_mult is not None and self.width_mult <= 0:
-            raise HwnasError(f"width multiplier must be positive, got {self.width_mult}")
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        if isinstance(data.get("data"), dict):
-            data["data"] = DataConfig.from_json(data["data"])
-        return super().from_json(data)
+        check_all([
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
+            (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
+            (0.0 <= self.drop_path_prob < 1.0, f"drop path probability must lie in [0, 1), got {self.drop_path_prob}"),
+            (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
+            width_mult_check(self.width_mult) if self.width_mult is not None else (True, ""),
+            (positive(self.lr), f"learning rate must be positive, got {self.lr}"),
+            (non_negative(self.lr_min) and self.lr_min <= self.lr,
+             f"minimum learning rate must lie in [0, {self.lr}], got {self.lr_min}"),
+            (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
+            (non_negative(self.weight_decay), f"weight decay must be >= 0, got {self.weight_decay}"),
+            (non_negative(self.auxiliary_weight), f"auxiliary weight must be >= 0, got {self.auxiliary_weight}"),
+            (0 <= self.cutout <= self.data.image_size,
+             f"cutout must lie in [0, image size {self.data.image_size}], got {self.cutout}"),
+            seed_check(self.seed),
+        ])  # fmt: skip

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from hwnas.config import DataConfig
+from hwnas.config import FOLDER_DATASETS, DataConfig
 from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
@@ -118,7 +118,7 @@ def _data_dir(cfg: DataConfig) -> Path:
         raise HwnasError(f"dataset {cfg.dataset!r} needs --data-dir")
     path = Path(cfg.data_dir)
     if not path.is_dir():
-        raise HwnasError(f"data directory {path} does not exist")
+        raise HwnasError(f"data directory {path} {'is not a directory' if path.exists() else 'does not exist'}")
     return path
 
 
@@ -175,7 +175,7 @@ def check_data(cfg: DataConfig) -> None:
     """The cheap checks (known dataset, data directory present), before anything is written."""
     cfg.validate()
     DATASETS.get(cfg.dataset)
-    if cfg.dataset in ("cifar10", "imagefolder"):
+    if cfg.dataset in FOLDER_DATASETS:
         _data_dir(cfg)
 
 

@@ -87,7 +87,13 @@ class RunDir:
         run = cls(path, kind)
         if (run.path / CHECKPOINT).exists():
             raise HwnasError(f"run directory {run.path} already holds a run; pass --resume {run.path} to continue it")
-        write_json_atomic(run.path / "config.json", {"kind": kind, "config": config})
+        # a run that never reached its first checkpoint leaves these two; anything else is not ours to mix with
+        if run.path.is_dir() and {p.name for p in run.path.iterdir()} - {"config.json", "log.txt"}:
+            raise HwnasError(f"run directory {run.path} is not empty; give a new or empty one")
+        try:
+            write_json_atomic(run.path / "config.json", {"kind": kind, "config": config})
+        except OSError as err:
+            raise HwnasError(f"cannot write run directory {run.path}: {err.strerror or err}") from None
         run.attach_log()
         return run
 
@@ -96,7 +102,8 @@ class RunDir:
         """An existing run to resume: returns it and its stored config (read only unless `log_to_file`)."""
         run = cls(path, kind)
         if not run.path.is_dir():
-            raise HwnasError(f"cannot resume: run directory {run.path} does not exist")
+            what = "is not a directory" if run.path.exists() else "does not exist"
+            raise HwnasError(f"cannot resume: run directory {run.path} {what}")
         config_path = run.path / "config.json"
         try:
             stored = json.loads(config_path.read_text())
@@ -137,6 +144,13 @@ class RunDir:
         if not isinstance(state, dict) or state.get("kind") != self.kind:
             raise HwnasError(f"checkpoint {path} is not a {self.kind} checkpoint")
         return state
+
+    def check_epochs(self, epochs: int) -> None:
+        """A resume may extend a run, not cut it short: `epochs` must cover the epochs its checkpoint has done."""
+        state = self.load_checkpoint()
+        done = 0 if state is None else state["epoch"] + 1
+        if epochs < done:
+            raise HwnasError(f"--epochs {epochs} is fewer than the {done} epochs {self.path} has done")
 
     # -- records -----------------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:

@@ -52,7 +52,7 @@ def check_search_config(cfg: SearchConfig) -> None:
     cfg.validate()
     check_data(cfg.data)
     space = get_space(cfg.space)
-    space.check_primitives(cfg.primitives)
+    space.check_search(cfg)
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
     if cfg.target is not None:
         supernet = space.build_supernet(cfg, 3, 10, **strategy.supernet_options())

@@ -18,6 +18,7 @@ from hwnas.data import load_splits, make_loader
 from hwnas.device import placement
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir, rng_state, save_torch_atomic, seed_everything, set_rng_state
+from hwnas.schedule import cosine_lr, set_lr
 from hwnas.search import evaluate
 from hwnas.spaces import get_space, load_genotype
 from hwnas.spaces.mobile import MobileGenotype
@@ -55,9 +56,10 @@ def augment(x: torch.Tensor, cutout: int, generator: torch.Generator) -> torch.T
     return out
 
 
-def build_model(cfg: TrainConfig, in_channels: int, num_classes: int):
-    """The genotype the network is built from (a mobile one at `cfg.width_mult` when set) and the network."""
-    genotype = load_genotype(cfg.genotype)
+def build_model(cfg: TrainConfig, in_channels: int, num_classes: int, genotype_source: str | None = None):
+    """The genotype the network is built from (`cfg.genotype`, or `genotype_source` instead; a mobile one at
+    `cfg.width_mult` when set) and the network."""
+    genotype = load_genotype(genotype_source or cfg.genotype)
     if cfg.width_mult is not None and isinstance(genotype, MobileGenotype):  # its width lives in its genotype
         genotype = dataclasses.replace(genotype, width_mult=cfg.width_mult)
     model = get_space(genotype.space).build_network(genotype, cfg, in_channels, num_classes)
@@ -69,22 +71,23 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
     place = placement(cfg.device, processes=1)
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
-    genotype, model = build_model(cfg, splits.in_channels, splits.num_classes)
+    state = run.load_checkpoint()
+    kept = run.path / "genotype.json"  # written when the run starts: a resume never re-reads cfg.genotype's file
+    source = str(kept) if state is not None and kept.is_file() else None
+    genotype, model = build_model(cfg, splits.in_channels, splits.num_classes, source)
+    genotype.save(kept)
     model = place.module(model)  # built on the CPU from the seed, so it starts alike on every device
     params = count_parameters(model)
     grad_clip = grad_clip_for(genotype.space, cfg.grad_clip)
     log.info("train: %s genotype %s, %d parameters, %d train / %d test examples, on %s", genotype.space,
              cfg.genotype, params, len(splits.train), len(splits.test), place.device)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs, eta_min=cfg.lr_min)
     history: list[dict[str, Any]] = []
     start_epoch, wall_s = 0, 0.0
-    state = run.load_checkpoint()
     if state is not None:
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise HwnasError(f"checkpoint in {run.path} does not match this network: {err}") from None
         set_rng_state(state["rng"], place.device)
@@ -96,6 +99,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
+        set_lr(opt, cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch)  # not pinned: augment copies
@@ -118,14 +122,13 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
             bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{correct / n:.3f}")
-        sched.step()
         test_loss, test_acc = evaluate(model, test_loader)
         wall_s += time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": total_loss / n, "train_acc": correct / n, "test_loss": test_loss,
                "test_acc": test_acc, "lr": opt.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0}  # fmt: skip
         history.append(row)
         run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                             "sched": sched.state_dict(), "rng": rng_state(place.device), "history": history,
+                             "rng": rng_state(place.device), "history": history,
                              "wall_s": wall_s})  # fmt: skip
         run.write_metrics(history)
         log.info("epoch %d/%d: train_loss=%.4f train_acc=%.4f test_acc=%.4f", epoch + 1, cfg.epochs,
@@ -135,7 +138,6 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
     save_torch_atomic(run.path / "model.pt", {"genotype": genotype.to_json(), "config": cfg.to_json(),
                                               "in_channels": splits.in_channels, "num_classes": splits.num_classes,
                                               "state_dict": model.state_dict()})  # fmt: skip
-    genotype.save(run.path / "genotype.json")
     summary = {"genotype": genotype.to_json(), "test_acc": test_acc, "test_loss": test_loss, "params": params,
                "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed,
                "device": str(place.device)}  # fmt: skip

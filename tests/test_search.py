@@ -5,6 +5,7 @@ import torch
 
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir
+from hwnas.schedule import cosine_lr
 from hwnas.search import run_search
 from tests.conftest import tiny_search_config
 
@@ -70,6 +71,16 @@ def test_fused_search_runs_the_fused_op_and_finds_the_same_architecture(tmp_path
     assert fused.genotype == plain.genotype
     for got, want in zip(_alphas(tmp_path / "fused"), _alphas(tmp_path / "plain"), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_extending_a_finished_run_follows_the_longer_cosine_schedule(tmp_path):
+    """`--resume RUN --epochs 2` after a 1-epoch run: epoch 2 steps at the 2-epoch schedule's rate (~0.013),
+    not back at 0.025, where a restored stateful scheduler would have wrapped around."""
+    cfg = tiny_search_config(epochs=1)
+    _search(tmp_path, epochs=1)
+    run_search(cfg.replace(epochs=2), RunDir(tmp_path / "run", "search"), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["w_lr"] for r in rows] == [cfg.w_lr, pytest.approx(cosine_lr(1, 2, cfg.w_lr, cfg.w_lr_min))]
 
 
 class _Killed(Exception):

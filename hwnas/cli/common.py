@@ -53,6 +53,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_run_flags(args: argparse.Namespace) -> None:
+    if args.resume and args.run_dir:
+        raise HwnasError("--resume continues its run directory in place; leave out --run-dir")
+
+
 def explicit(args: argparse.Namespace, names) -> dict[str, Any]:
     """The flags among `names` the user actually gave (argparse defaults are None)."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -76,9 +81,19 @@ def build_config(cls, args: argparse.Namespace, flags: dict[str, str], base=None
     defaults = cls()
     data = dataclasses.replace(defaults.data, **data_given)
     try:
-        return dataclasses.replace(defaults, data=data, **given)
+        return _absolute_paths(dataclasses.replace(defaults, data=data, **given))
     except TypeError as err:
         raise HwnasError(str(err)) from None
+
+
+def _absolute_paths(cfg):
+    """`cfg` with its data directory and the files it names (a target table, a genotype) as absolute paths, so
+    that `--resume` finds them from any working directory."""
+    files = {f: str(Path(getattr(cfg, f)).resolve()) for f in ("target", "genotype")
+             if isinstance(getattr(cfg, f, None), str) and Path(getattr(cfg, f)).is_file()}  # fmt: skip
+    if cfg.data.data_dir is not None:
+        files["data"] = dataclasses.replace(cfg.data, data_dir=str(Path(cfg.data.data_dir).resolve()))
+    return cfg.replace(**files)
 
 
 def default_run_dir(command: str) -> Path:

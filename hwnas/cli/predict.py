@@ -45,15 +45,20 @@ def _tables(spec: str, space: str | None):
 
 def _input_size(args, space: str) -> int:
     from hwnas.cli.profile import DEFAULT_INPUT_SIZE
+    from hwnas.spaces import get_space
 
-    size = args.input_size or DEFAULT_INPUT_SIZE.get(space)
+    get_space(space)  # an unknown space is named as such
+    size = args.input_size if args.input_size is not None else DEFAULT_INPUT_SIZE.get(space)
     if size is None:
         raise HwnasError(f"--input-size is needed for space {space!r}")
     return size
 
 
-def _shape(args, space: str) -> SearchConfig:
-    return SearchConfig(space=space, width_mult=args.width_mult, init_channels=args.init_channels, layers=args.layers)
+def _shape(args, space: str, input_size: int) -> SearchConfig:
+    cfg = SearchConfig(space=space, width_mult=args.width_mult, init_channels=args.init_channels, layers=args.layers,
+                       latency_input_size=input_size)  # fmt: skip
+    cfg.validate()
+    return cfg
 
 
 def _network(args) -> int:
@@ -65,7 +70,7 @@ def _network(args) -> int:
         raise HwnasError("--genotype estimates one network; it does not combine with --key, --space, --missing-only")
     genotype = load_genotype(args.genotype)
     size = _input_size(args, genotype.space)
-    layers = get_space(genotype.space).network_op_configs(genotype, _shape(args, genotype.space), size)
+    layers = get_space(genotype.space).network_op_configs(genotype, _shape(args, genotype.space, size), size)
     tables = _tables(args.table, genotype.space)
     exact = next((t for t in tables if (t.metadata.space, t.metadata.input_size) == (genotype.space, size)), None)
     network = estimate_network(tables, layers, exact)
@@ -92,7 +97,8 @@ def run(args) -> int:
         return _network(args)
     configs = [OpConfig.from_key(key) for key in args.key]
     if args.space:
-        configs += space_op_configs(args.space, _input_size(args, args.space), _shape(args, args.space))
+        size = _input_size(args, args.space)
+        configs += space_op_configs(args.space, size, _shape(args, args.space, size))
     if not configs:
         raise HwnasError("nothing to predict: give --key KEY, --space SPACE or --genotype GENOTYPE")
     results = estimate(_tables(args.table, args.space), configs)

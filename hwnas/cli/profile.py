@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="after the ops, measure N random whole architectures end to end and store the table's per-network "
-        "correction a·sum+b (50 or more; skipped when the table already has one fitted on >= N)",
+        "correction a·sum+b (50 or more recommended; skipped when the table already has one fitted on >= N)",
     )
     parser.add_argument(
         "--recalibrate",
@@ -278,15 +278,16 @@ def run(args) -> int:
     from hwnas.latency.predictor import MIN_ENTRIES, LatencyPredictor, predictor_path
     from hwnas.latency.targets import default_table_path
     from hwnas.profilers.shard import open_devices
+    from hwnas.spaces import get_space
 
     quiet_exporters()
     if args.recalibrate and args.calibrate is None:
         raise HwnasError("--recalibrate goes with --calibrate N")
-    space = args.space
-    input_size = args.input_size or DEFAULT_INPUT_SIZE.get(space)
+    space = get_space(args.space).name
+    input_size = args.input_size if args.input_size is not None else DEFAULT_INPUT_SIZE.get(space)
     if input_size is None:
         raise HwnasError(f"--input-size is needed for space {space!r}")
-    primitives = tuple(args.primitives.split(",")) if args.primitives else None
+    primitives = tuple(args.primitives.split(",")) if args.primitives is not None else None
     cfg = SearchConfig(
         space=space,
         init_channels=args.init_channels,
@@ -295,13 +296,15 @@ def run(args) -> int:
         multiplier=min(SearchConfig().multiplier, args.steps),
         primitives=primitives,
         width_mult=args.width_mult,
+        latency_input_size=input_size,
     )
+    cfg.validate()
     configs = space_op_configs(space, input_size, cfg)
     name = args.name or args.device
     if args.name is None and args.delegate not in (None, DEFAULT_DELEGATE):
         name = f"{args.device}_{args.delegate}"
     out = args.out or default_table_path(name, space, input_size)
-    rounds = args.rounds or (1 if args.device == "android" else 3)
+    rounds = args.rounds if args.rounds is not None else 1 if args.device == "android" else 3
     if rounds < 1:
         raise HwnasError(f"--rounds must be >= 1, got {rounds}")
     options = _device_options(args)

@@ -11,6 +11,7 @@ from hwnas.cli.common import (
     add_data_arguments,
     add_run_arguments,
     build_config,
+    check_run_flags,
     default_run_dir,
     parse_latency_ms,
     quiet_exporters,
@@ -32,6 +33,14 @@ FLAGS = {
     "measured_repairs": "measured_repairs", "latency_input_size": "latency_input_size",
 }  # fmt: skip
 RESUMABLE = ("epochs", "device", "sync_bn", "measured_repairs")  # a resumed run may continue longer, elsewhere
+# flags that only mean something for some configs: given elsewhere, they are a mistake to name, not to ignore
+ONLY_WITH = (
+    (("width_mult",), lambda cfg: cfg.space == "mobile", "shapes the mobile space"),
+    (("pc_k",), lambda cfg: cfg.strategy == "pcdarts", "applies to --strategy pcdarts"),
+    (("random_samples",), lambda cfg: cfg.strategy == "random", "applies to --strategy random"),
+    (("latency_loss", "latency_lambda", "latency_input_size", "measured_repairs"), lambda cfg: cfg.target is not None,
+     "goes with --target and --latency"),
+)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,18 +129,24 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[SearchConfig, str
     """The search config and run directory the flags ask for, checked before anything is written."""
     from hwnas.search import check_search_config
 
+    check_run_flags(args)
     if args.latency is not None:
         args.latency = parse_latency_ms(args.latency)
     if args.resume:
-        _run, stored = RunDir.open(args.resume, "search", log_to_file=False)
+        resumed, stored = RunDir.open(args.resume, "search", log_to_file=False)
         cfg = build_config(SearchConfig, args, FLAGS, base=SearchConfig.from_json(stored), resumable=RESUMABLE)
+        resumed.check_epochs(cfg.epochs)
     else:
         cfg = build_config(SearchConfig, args, FLAGS)
         if cfg.target is not None and args.space is None:
             cfg = cfg.replace(space="mobile")
         if (cfg.target is None) != (cfg.latency_ms is None):
             raise HwnasError("--target and --latency go together")
-        check_search_config(cfg)
+        for names, applies, what in ONLY_WITH:
+            given = [n for n in names if getattr(args, n) is not None]
+            if given and not applies(cfg):
+                raise HwnasError(f"--{given[0].replace('_', '-')} {what}")
+    check_search_config(cfg)
     distributed.check_batch_size(cfg.batch_size, processes)
     # under torchrun this process's own device; for --nproc N the last process's, so that every one has a GPU
     placement(cfg.device, cfg.sync_bn, processes, None if distributed.env_world_size() > 1 else processes - 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hwnas.errors import HwnasError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help="only tables for this search space")
@@ -12,7 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from hwnas.latency.targets import list_tables, taken_by_target, user_table_dir
 
-    infos = [i for i in list_tables() if not args.space or i.table.metadata.space == args.space]
+    tables = list_tables()
+    infos = [i for i in tables if args.space is None or i.space == args.space]
+    if not infos and args.space is not None:
+        known = ", ".join(sorted({i.space for i in tables}))
+        raise HwnasError(f"no latency tables for space {args.space!r}; tables exist for: {known}")
     rows = [("TARGET", "SPACE", "SIZE", "DEVICE", "RUNTIME", "THREADS", "ENTRIES", "ORIGIN", "USED", "PATH")]
     for info, taken in zip(infos, taken_by_target(infos)):
         m = info.table.metadata

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, default_run_dir
+from hwnas.cli.common import (
+    add_data_arguments,
+    add_run_arguments,
+    build_config,
+    check_run_flags,
+    default_run_dir,
+)
 from hwnas.config import TrainConfig
 from hwnas.device import resolve_device
 from hwnas.errors import HwnasError
@@ -41,10 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hwnas.train import run_train
 
+    check_run_flags(args)
     if args.resume:
         run_dir, stored = RunDir.open(args.resume, "train")
         cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored), resumable=("epochs", "device"))
+        cfg.validate()
         resolve_device(cfg.device, processes=1)
+        run_dir.check_epochs(cfg.epochs)
         run_dir.write_json("config.json", {"kind": "train", "config": cfg.to_json()})
     else:
         cfg = build_config(TrainConfig, args, FLAGS)

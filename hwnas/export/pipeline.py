@@ -168,16 +168,22 @@ def export_network(spec: NetworkSpec, options: ExportOptions) -> list[ExportRow]
     exported = NhwcInput(module).eval() if options.layout == "nhwc" else module
     out = options.out
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"  # same filesystem: moves are renames
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as err:
+        for path in created:
+            _rmdir_if_empty(path)
+        raise HwnasError(f"cannot write the export into {out}: {err.strerror or err}") from None
     try:
         rows = []
         if "onnx" in options.formats:
             rows.append(_export_onnx(exported, spec, options, checks, tmp))
         if "tflite" in options.formats:
             rows.append(_export_tflite(exported, spec, options, checks, tmp))
-        (tmp / REPORT_NAME).write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
+        report = _earlier_rows(out, {row.file for row in rows}) + [row.to_json() for row in rows]
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,6 +191,19 @@ def export_network(spec: NetworkSpec, options: ExportOptions) -> list[ExportRow]
             _rmdir_if_empty(path)
         raise
     return rows
+
+
+def _earlier_rows(out: Path, replaced: set[str]) -> list[dict]:
+    """The rows of an earlier export into `out` whose files this one leaves in place (exporting ONNX, then TFLite
+    into one directory reports both)."""
+    try:
+        earlier = json.loads((out / REPORT_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not isinstance(earlier, list):
+        return []
+    return [row for row in earlier if isinstance(row, dict) and row.get("file") not in replaced
+            and (out / str(row.get("file"))).is_file()]  # fmt: skip
 
 
 def _rmdir_if_empty(path: Path) -> None:

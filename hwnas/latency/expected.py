@@ -76,9 +76,13 @@ class LatencyModel:
         """Greedy budget repair of a derived architecture into [floor·T, T] (when the space allows it).
 
         While over T: apply the single-op replacement that loses the least α-probability per ms saved. While under
-        floor·T: apply the replacement that loses the least α-probability per ms added without exceeding T.
+        floor·T: apply the replacement that loses the least α-probability per ms added without exceeding T. A
+        budget above the space's slowest architecture constrains nothing (e.g. `--latency 80s` for 80 ms): the
+        architecture is left as α chose it rather than pushed towards the slowest one.
         Returns the repaired genotype and the changes made (for the log).
         """
+        if budget_ms > self.max_ms(supernet):
+            return genotype, []
         probs = {g: p.detach().double() for g, p in supernet.probabilities().items()}
         decisions = supernet.decisions(genotype)
         changes = []

@@ -44,6 +44,8 @@ class OpConfig:
             name, sep, value = item.partition(":")
             if not sep or not value:
                 raise HwnasError(f"malformed op key {key!r}: field {item!r} is not name:value")
+            if name in values:
+                raise HwnasError(f"malformed op key {key!r}: field {name!r} given twice")
             values[name] = value
         if "input" not in values or "output" not in values:
             raise HwnasError(f"malformed op key {key!r}: needs input: and output: fields")
@@ -52,4 +54,8 @@ class OpConfig:
             attrs = tuple((name, int(value)) for name, value in values.items())
         except ValueError:
             raise HwnasError(f"malformed op key {key!r}: non-integer field") from None
+        if any(d < 1 for d in (*shapes["input"], *shapes["output"])):
+            raise HwnasError(f"malformed op key {key!r}: input and output dimensions must be positive")
+        if any(value < 1 for name, value in attrs if name in ("kernel", "stride", "expand")):
+            raise HwnasError(f"malformed op key {key!r}: kernel, stride and expand must be positive")
         return cls(kind, shapes["input"], shapes["output"], attrs)

@@ -68,9 +68,11 @@ class SearchSpace:
         unknown = [p for p in primitives if p not in self.primitives]
         if unknown:
             raise HwnasError(f"unknown op {unknown[0]!r} for space {self.name!r}; known: {', '.join(self.primitives)}")
-        if len(primitives) < 2 and self.name == "darts":
-            raise HwnasError("a search needs at least two primitives")
         return tuple(primitives)
+
+    def check_search(self, cfg) -> None:
+        """What a search over this space needs of `cfg` beyond `SearchConfig.validate` (before anything runs)."""
+        self.check_primitives(cfg.primitives)
 
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space")
@@ -96,7 +98,7 @@ def load_genotype(spec: str, space: str | None = None) -> Genotype:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise HwnasError(f"malformed genotype file {spec}: {err}") from None
-        if not isinstance(data, dict) or "space" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("space"), str):
             raise HwnasError(f"malformed genotype file {spec}: expected a JSON object with a 'space' field")
         genotype = SPACES.get(data["space"])().genotype_from_json(data)
     if space is not None and genotype.space != space:

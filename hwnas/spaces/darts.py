@@ -51,15 +51,21 @@ class DartsGenotype(Genotype):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DartsGenotype:
-        try:
-            genotype = cls(
-                normal=tuple((str(op), int(i)) for op, i in data["normal"]),
-                normal_concat=tuple(int(i) for i in data["normal_concat"]),
-                reduce=tuple((str(op), int(i)) for op, i in data["reduce"]),
-                reduce_concat=tuple(int(i) for i in data["reduce_concat"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise HwnasError(f"malformed DARTS genotype: {type(err).__name__}: {err}") from None
+        def edges(name: str) -> tuple[tuple[str, int], ...]:
+            value = data.get(name)
+            if not isinstance(value, list) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _is_int(e[1]) for e in value
+            ):
+                raise HwnasError(f"malformed DARTS genotype: {name!r} must be a list of [op, input node] pairs")
+            return tuple((op, src) for op, src in value)
+
+        def concat(name: str) -> tuple[int, ...]:
+            value = data.get(name)
+            if not isinstance(value, list) or not all(_is_int(i) for i in value):
+                raise HwnasError(f"malformed DARTS genotype: {name!r} must be a list of node indices")
+            return tuple(value)
+
+        genotype = cls(edges("normal"), concat("normal_concat"), edges("reduce"), concat("reduce_concat"))
         genotype.validate()
         return genotype
 
@@ -76,8 +82,8 @@ class DartsGenotype(Genotype):
                     raise HwnasError(f"malformed DARTS genotype: unknown op {op!r} in {name} cell")
                 if not 0 <= src < 2 + k // 2:
                     raise HwnasError(f"malformed DARTS genotype: edge {k} of {name} reads node {src}")
-            if not concat or any(not 2 <= i < 2 + steps for i in concat):
-                raise HwnasError(f"malformed DARTS genotype: {name}_concat {list(concat)} out of range")
+            if not concat or any(not 2 <= i < 2 + steps for i in concat) or len(set(concat)) < len(concat):
+                raise HwnasError(f"malformed DARTS genotype: {name}_concat {list(concat)} out of range or repeated")
 
 
 DARTS_V1 = DartsGenotype(
@@ -116,6 +122,10 @@ PC_DARTS = DartsGenotype(
     ),
     reduce_concat=(2, 3, 4, 5),
 )  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def reduction_layers(layers: int) -> tuple[int, ...]:
@@ -425,6 +435,13 @@ class DartsSpace(SearchSpace):
     name = "darts"
     primitives = DARTS_PRIMITIVES
     table_classes = 10  # CIFAR-10
+
+    def check_search(self, cfg) -> None:
+        if len(self.check_primitives(cfg.primitives)) < 2:
+            raise HwnasError("a search needs at least two primitives")
+        if cfg.layers < 3:  # else no cell reduces and α_reduce, never trained, would still make the genotype
+            raise HwnasError(f"a DARTS search needs --layers >= 3 (reduction cells sit at 1/3 and 2/3 of the depth), "
+                             f"got {cfg.layers}")  # fmt: skip
 
     def build_supernet(self, cfg, in_channels: int, num_classes: int, partial_channels: int = 1,
                        edge_normalization: bool = False) -> DartsSupernet:  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from hwnas.config import width_mult_check
 from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import (
     MOBILE_FIRST_BLOCK_CHANNELS,
@@ -48,14 +49,19 @@ class MobileGenotype(Genotype):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MobileGenotype:
-        try:
-            genotype = cls(tuple(str(b) for b in data["blocks"]), float(data.get("width_mult", 1.0)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise HwnasError(f"malformed mobile genotype: {type(err).__name__}: {err}") from None
+        blocks, width_mult = data.get("blocks"), data.get("width_mult", 1.0)
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise HwnasError("malformed mobile genotype: 'blocks' must be a list of op names")
+        if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool):
+            raise HwnasError(f"malformed mobile genotype: 'width_mult' must be a number, got {width_mult!r}")
+        genotype = cls(tuple(blocks), float(width_mult))
         genotype.validate()
         return genotype
 
     def validate(self) -> None:
+        ok, message = width_mult_check(self.width_mult)
+        if not ok:
+            raise HwnasError(f"malformed mobile genotype: {message}")
         blocks = mobile_blocks(_REFERENCE_SIZE, self.width_mult)
         if len(self.blocks) != len(blocks):
             raise HwnasError(f"malformed mobile genotype: {len(self.blocks)} blocks, the space has {len(blocks)}")

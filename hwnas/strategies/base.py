@@ -15,7 +15,9 @@ from torch import nn
 from hwnas import distributed
 from hwnas.config import SearchConfig
 from hwnas.device import Placement
+from hwnas.errors import HwnasError
 from hwnas.registry import Registry
+from hwnas.schedule import cosine_lr, set_lr
 from hwnas.supernet.base import Supernet
 from hwnas.supernet.mixed import Mixing, WeightedSum
 
@@ -40,8 +42,15 @@ class Strategy:
     """
 
     name: ClassVar[str]
+    mixes_every_candidate: ClassVar[bool] = False  # what --fused saves memory on; GDAS and ProxylessNAS sample paths
+    second_order: ClassVar[bool] = False  # whether --unrolled applies
 
     def __init__(self, cfg: SearchConfig):
+        for flag, applies, kind in (("--fused", "mixes_every_candidate", cfg.fused),
+                                    ("--unrolled", "second_order", cfg.unrolled)):  # fmt: skip
+            if kind and not getattr(self, applies):
+                which = " and ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), applies))
+                raise HwnasError(f"{flag} applies to the {which} strategies, not {self.name}")
         self.cfg = cfg
         self.latency_objective = None  # hwnas.latency.loss objective: (task loss, supernet) -> loss, set by search
         self.epoch = 0
@@ -64,7 +73,6 @@ class Strategy:
         self.w_opt = torch.optim.SGD(
             supernet.weights(), cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay
         )
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
         self.a_opt = torch.optim.Adam(
             supernet.arch_parameters(), cfg.arch_lr, betas=tuple(cfg.a_betas), weight_decay=cfg.a_weight_decay
         )
@@ -72,9 +80,10 @@ class Strategy:
     # -- the loop's calls --------------------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        set_lr(self.w_opt, cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min))
 
     def end_epoch(self, epoch: int) -> None:
-        self.w_sched.step()
+        """After an epoch's last step (random search picks its best candidate here)."""
 
     def step(self, train_batch, val_batch) -> dict[str, float]:
         self.generator.manual_seed(self.cfg.seed * 1_000_003 + self.step_index)
@@ -141,7 +150,6 @@ class Strategy:
     def state_dict(self) -> dict[str, Any]:
         state = {
             "w_opt": self.w_opt.state_dict(),
-            "w_sched": self.w_sched.state_dict(),
             "a_opt": self.a_opt.state_dict(),
             "step_index": self.step_index,
         }
@@ -151,7 +159,6 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w_opt.load_state_dict(state["w_opt"])
-        self.w_sched.load_state_dict(state["w_sched"])
         self.a_opt.load_state_dict(state["a_opt"])
         self.step_index = state["step_index"]
         if self.latency_objective is not None and "latency_objective" in state:

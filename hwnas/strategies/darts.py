@@ -13,6 +13,8 @@ from hwnas.strategies.base import STRATEGIES, Strategy, accuracy
 @STRATEGIES.register("darts")
 class Darts(Strategy):
     name = "darts"
+    mixes_every_candidate = True
+    second_order = True
 
     def arch_step(self, train_batch, val_batch) -> dict[str, float]:
         if not self.cfg.unrolled:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas import distributed
+from hwnas.schedule import cosine_lr, set_lr
 from hwnas.spaces import get_space
 from hwnas.strategies.base import STRATEGIES, Strategy, accuracy
 
@@ -58,14 +59,14 @@ class RandomSearch(Strategy):
         self.val_correct = [0] * len(self.candidates)
         self.opts = [torch.optim.SGD(m.parameters(), cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay) for m in self.models]  # fmt: skip
-        self.scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, cfg.epochs, eta_min=cfg.w_lr_min)
-                       for o in self.opts]  # fmt: skip
         self.best = 0
 
     def start_epoch(self, epoch: int) -> None:
         super().start_epoch(epoch)
         if not self.candidates:
             self._build()
+        for opt in self.opts:
+            set_lr(opt, cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min))
         self.val_correct = [0] * len(self.candidates)
         self.val_seen = 0
 
@@ -74,8 +75,6 @@ class RandomSearch(Strategy):
         distributed.sum_([counts], "the val-accuracy all-reduce")  # every rank picks the same best candidate
         totals = [int(c) for c in counts.tolist()]
         self.val_correct, self.val_seen = totals[:-1], totals[-1]
-        for sched in self.scheds:
-            sched.step()
         self.best = max(range(len(self.candidates)), key=lambda i: (self.val_correct[i], -i))
 
     def step(self, train_batch, val_batch) -> dict[str, float]:
@@ -111,8 +110,8 @@ class RandomSearch(Strategy):
 
     def state_dict(self):
         return {"candidates": [g.to_json() for g in self.candidates], "models": self.models.state_dict(),
-                "opts": [o.state_dict() for o in self.opts], "scheds": [s.state_dict() for s in self.scheds],
-                "best": self.best, "step_index": self.step_index}  # fmt: skip
+                "opts": [o.state_dict() for o in self.opts], "best": self.best,
+                "step_index": self.step_index}  # fmt: skip
 
     def load_state_dict(self, state) -> None:
         self._build()
@@ -121,6 +120,4 @@ class RandomSearch(Strategy):
         self.models.load_state_dict(state["models"])
         for opt, s in zip(self.opts, state["opts"]):
             opt.load_state_dict(s)
-        for sched, s in zip(self.scheds, state["scheds"]):
-            sched.load_state_dict(s)
         self.best, self.step_index = state["best"], state["step_index"]

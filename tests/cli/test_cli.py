@@ -1,11 +1,12 @@
 """The CLI through a subprocess, as a user runs it: smoke runs and every bad input (one line, exit code 2)."""
 
 import json
+import os
 
 import pytest
 import torch
 
-from hwnas.spaces.darts import DARTS_V1
+from hwnas.spaces.darts import DARTS_V1, DARTS_V2
 
 # on the CPU even where there is a GPU, as tests/conftest.py's tiny configs
 TINY = ["--dataset", "fake", "--image-size", "8", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
@@ -82,12 +83,53 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["train", "--genotype", "DARTS_V2", "--width-mult", "0.5"], ["--width-mult shapes mobile networks"]),
         (["search", "--epochs", "many"], ["--epochs", "invalid int value"]),
         (["search", "--latency-loss", "quadratic"], ["invalid choice: 'quadratic'"]),
+        (["search", "--layers", "2"], ["a DARTS search needs --layers >= 3"]),
+        (["search", "--strategy", "proxyless", "--fused"], ["--fused applies to the darts and pcdarts strategies"]),
+        (["search", "--strategy", "gdas", "--unrolled"], ["--unrolled applies to the darts and pcdarts strategies"]),
+        (["search", "--w-lr", "-1"], ["weight learning rate must be positive"]),
+        (["search", "--seed", "-1"], ["seed must lie in [0, 2**32)"]),
+        (["search", "--strategy", "random", "--random-samples", "0"], ["random samples must be >= 1"]),
+        (["search", "--bogus"], ["unrecognized arguments: --bogus", "hwnas search --help"]),
+        (["train", "--init-channels", "0"], ["init channels must be >= 2"]),
+        (["train", "--lr", "nan"], ["learning rate must be positive"]),
+        (["train", "--cutout", "-5"], ["cutout must lie in [0, image size 32]"]),
+        (["search", "--width-mult", "0.5"], ["--width-mult shapes the mobile space"]),
+        (["search", "--pc-k", "2"], ["--pc-k applies to --strategy pcdarts"]),
+        (["search", "--latency-lambda", "0.5"], ["--latency-lambda goes with --target and --latency"]),
+        (["search", "--dataset", "digits", "--data-dir", "/tmp"], ["--data-dir applies to the cifar10 and"]),
+        (["search", "--resume", "/no/such/run", "--run-dir", "elsewhere"], ["leave out --run-dir"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, fragments):
     result = cli(*args, "--run-dir", str(tmp_path / "run")) if "--resume" not in args else cli(*args)
     _one_line_error(result, *fragments)
     assert not (tmp_path / "run").exists()  # nothing written for a rejected command
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["predict", "--table", "mobile", "--space", "foo"], ["unknown search space 'foo'"]),
+        (["predict", "--table", "mobile", "--space", "darts", "--layers", "0"], ["layers must be >= 1"]),
+        (["predict", "--table", "mobile", "--key", "Logits-input:0x0x8-output:10"], ["dimensions must be positive"]),
+        (["profile", "--device", "cpu", "--space", "darts", "--layers", "0"], ["layers must be >= 1"]),
+        (["targets", "--space", "foo"], ["no latency tables for space 'foo'", "mobile"]),
+    ],
+)
+def test_bad_latency_input_is_one_line_and_exit_2(cli, args, fragments):
+    _one_line_error(cli(*args), *fragments)
+
+
+@pytest.mark.parametrize("kind", ["file", "inside_a_file", "not_empty"])
+def test_a_run_directory_that_cannot_be_one(cli, tmp_path, kind):
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    run_dir = {"file": "afile", "inside_a_file": "afile/run", "not_empty": "full"}[kind]
+    result = cli("search", *TINY, "--epochs", "1", "--run-dir", str(tmp_path / run_dir))
+    message = "is not empty" if kind == "not_empty" else "cannot write run directory"
+    _one_line_error(result, message)
+    assert (tmp_path / "afile").read_text() == "mine" and os.listdir(tmp_path / "full") == ["notes.txt"]
 
 
 def test_malformed_genotype_file(cli, tmp_path):
@@ -102,11 +144,29 @@ def test_resume_errors(cli, tmp_path):
     assert cli("search", *TINY, "--epochs", "1", "--run-dir", str(run)).returncode == 0
     _one_line_error(cli("search", *TINY, "--run-dir", str(run)), "already holds a run", "--resume")
     _one_line_error(cli("search", "--resume", str(run), "--layers", "5"), "cannot change layers when resuming")
+    assert cli("search", "--resume", str(run), "--epochs", "2", "--no-progress").returncode == 0
+    _one_line_error(cli("search", "--resume", str(run), "--epochs", "1"), "--epochs 1 is fewer than the 2 epochs")
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 2  # left as it was
     _one_line_error(cli("train", "--resume", str(run)), "not a train run directory")
     (run / "checkpoint.pt").write_bytes(b"\x00not a checkpoint")
     _one_line_error(cli("search", "--resume", str(run), "--no-progress"), "corrupt checkpoint")
     (run / "config.json").write_text("{truncated")
     _one_line_error(cli("search", "--resume", str(run)), "config.json is corrupt")
+
+
+def test_runs_resume_from_any_directory_and_keep_their_genotype(cli, tmp_path):
+    """Relative paths (a genotype file, a data directory) are stored absolute; a train run keeps its own copy of
+    the genotype, so that the file changing afterwards (its search extended, say) cannot break the resume."""
+    (tmp_path / "work").mkdir()
+    DARTS_V1.save(tmp_path / "work" / "g.json")
+    done = cli("train", *TINY, "--genotype", "g.json", "--epochs", "1", "--run-dir", "run", cwd=tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    stored = json.loads((tmp_path / "work" / "run" / "config.json").read_text())["config"]
+    assert stored["genotype"] == str(tmp_path / "work" / "g.json")
+    DARTS_V2.save(tmp_path / "work" / "g.json")  # the source changes
+    done = cli("train", "--resume", str(tmp_path / "work" / "run"), "--epochs", "2", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "work" / "run" / "genotype.json").read_text()) == DARTS_V1.to_json()
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,7 @@ def test_predict_errors(user_tables, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "hwnas: error: nothing to predict: give --key KEY, --space SPACE or --genotype GENOTYPE"
     assert "no latency table for target 'pixel9'" in err[1]
-    assert "--input-size is needed for space 'nasbench'" in err[2]
+    assert "unknown search space 'nasbench'; known: darts, mobile" in err[2]
 
 
 def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):

@@ -162,6 +162,15 @@ def test_repair_lands_in_the_budget_band(synthetic_table, fraction):
             assert change["delta_ms"] != 0
 
 
+def test_a_budget_above_the_slowest_architecture_repairs_nothing(synthetic_table):
+    """`--latency 80s` meant as 80 ms: the budget binds nothing, and the repair must not push the architecture
+    up towards the slowest one to reach 0.9 T."""
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    genotype = net.sample(torch.Generator().manual_seed(6))
+    assert model.repair(net, genotype, 1000 * model.max_ms(net)) == (genotype, [])
+    assert model.repair(net, genotype, model.max_ms(net))[1]  # at the slowest: still lifted into the band
+
+
 def test_loss_forms(synthetic_table):
     _space, _cfg, net, model = _mobile(synthetic_table)
     budget = float(model.expected_ms(net).detach())

@@ -99,6 +99,26 @@ def test_genotype_json_round_trip(tmp_path):
             "reads node 7",
         ),
         ('{"space": "nowhere"}', "unknown search space"),
+        ('{"space": ["darts"]}', "'space' field"),
+        (
+            '{"space": "darts", "normal": [["skip_connect", 0.7], ["skip_connect", 1]], "normal_concat": [2],'
+            ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+            "'normal' must be a list of \\[op, input node\\] pairs",
+        ),
+        (
+            '{"space": "darts", "normal": [["skip_connect", 0], ["skip_connect", 1]], "normal_concat": ["2"],'
+            ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+            "'normal_concat' must be a list of node indices",
+        ),
+        (
+            '{"space": "darts", "normal": [["skip_connect", 0], ["skip_connect", 1]], "normal_concat": [2, 2],'
+            ' "reduce": [["skip_connect", 0], ["skip_connect", 1]], "reduce_concat": [2]}',
+            "out of range or repeated",
+        ),
+        ('{"space": "mobile", "blocks": [], "width_mult": "nan"}', "'width_mult' must be a number"),
+        ('{"space": "mobile", "blocks": [], "width_mult": Infinity}', "width multiplier must lie in"),
+        ('{"space": "mobile", "blocks": [], "width_mult": true}', "'width_mult' must be a number"),
+        ('{"space": "mobile", "blocks": "k3e3"}', "'blocks' must be a list of op names"),
     ],
 )
 def test_malformed_genotype_files(tmp_path, content, message):
