@@ -96,7 +96,7 @@ def import_torchvision():
         _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "FRAGMENT")
         for op in ("nms", "qnms"):
             _TORCHVISION_SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        log.warning(
+        log.debug(
             "torchvision's compiled ops do not match torch %s (%s); using its datasets and transforms only",
             torch.__version__,
             err,
@@ -151,6 +151,17 @@ def cifar10(cfg: DataConfig) -> Splits:
     return Splits(train, test, 3, 10)
 
 
+def _read_image(path: str):
+    """An image file as RGB (torchvision's PIL loader), an unreadable one a user error naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as err:  # PIL's UnidentifiedImageError included
+        raise HwnasError(f"cannot read image {path}: {err}") from None
+
+
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> Splits:
     """`--data-dir` with `train/<class>/*.png|jpg` and `val/<class>/...` (or `test/`), as ImageNet is laid out."""
@@ -161,8 +172,8 @@ def imagefolder(cfg: DataConfig) -> Splits:
     datasets = import_torchvision().datasets
     tf = _transform(cfg, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     try:
-        train = datasets.ImageFolder(str(root / "train"), transform=tf)
-        test = datasets.ImageFolder(str(test_dir), transform=tf)
+        train = datasets.ImageFolder(str(root / "train"), transform=tf, loader=_read_image)
+        test = datasets.ImageFolder(str(test_dir), transform=tf, loader=_read_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise HwnasError(f"cannot read image folders under {root}: {err}") from None
     if train.classes != test.classes:

@@ -1,8 +1,19 @@
 """The one exception type for errors a user can cause; the CLI prints its message and exits with code 2."""
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes
+
 
 class HwnasError(Exception):
     """A problem with the user's input: a bad name, an inconsistent config, a malformed file.
 
     The message must name the problem in one line. Anything that is not a HwnasError is a bug.
     """
+
+
+def first_line_error(what: str, err: BaseException) -> HwnasError:
+    """`what` failed, with the exception's type and the first line of its message (converters' and unpicklers'
+    are long, and torch's coloured)."""
+    lines = _ANSI.sub("", str(err)).strip().splitlines()
+    return HwnasError(f"{what}: {type(err).__name__}: {lines[0] if lines else 'no message'}")

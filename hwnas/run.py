@@ -19,10 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, first_line_error
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are private (0600)
 
 
 def _write_atomic(path: str | Path, write) -> None:
@@ -34,6 +43,7 @@ def _write_atomic(path: str | Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,7 +150,7 @@ class RunDir:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)  # saved on any device, loaded anywhere
         except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-            raise HwnasError(f"corrupt checkpoint {path}: {type(err).__name__}") from None
+            raise first_line_error(f"corrupt checkpoint {path}", err) from None
         if not isinstance(state, dict) or state.get("kind") != self.kind:
             raise HwnasError(f"checkpoint {path} is not a {self.kind} checkpoint")
         return state

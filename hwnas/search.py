@@ -54,6 +54,10 @@ def check_search_config(cfg: SearchConfig) -> None:
     space = get_space(cfg.space)
     space.check_search(cfg)
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
+    if cfg.fused:
+        from hwnas.kernels.backend import requested
+
+        requested()  # a bad $HWNAS_KERNELS, before the run directory is written
     if cfg.target is not None:
         supernet = space.build_supernet(cfg, 3, 10, **strategy.supernet_options())
         latency_model(cfg, space, supernet)

@@ -40,8 +40,10 @@ class Protocol:
     clock: str = "auto"  # "wall", "thread" (CPU time of the calling thread), "auto": thread when single-threaded
 
     def __post_init__(self):
-        if self.warmup_runs < 0 or self.runs < 3:
-            raise HwnasError(f"a measurement needs warm-up >= 0 and at least 3 runs, got {self.runs}")
+        if self.warmup_runs < 0:
+            raise HwnasError(f"warm-up runs must be >= 0, got {self.warmup_runs}")
+        if self.runs < 3:
+            raise HwnasError(f"a measurement needs at least 3 runs, got {self.runs}")
         if self.clock not in CLOCKS and self.clock != "auto":
             raise HwnasError(f"unknown clock {self.clock!r}; known: auto, {', '.join(CLOCKS)}")
 

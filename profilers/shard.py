@@ -81,9 +81,10 @@ def measure_sharded(
     jobs: Sequence[Job],
     measure: Callable[[Profiler, Job], Measurement],
     record: Callable[[Profiler, Job, Measurement], None],
-    desc: str,
+    desc: str | None,
 ) -> ShardReport[Job]:
-    """Measure every job on whichever device is free; `record` (called under one lock) keeps each result.
+    """Measure every job on whichever device is free; `record` (called under one lock) keeps each result;
+    a progress bar labelled `desc` (None: none).
 
     A device whose `measure` raises HwnasError stops; any other exception stops every device and is re-raised.
     """
@@ -93,7 +94,7 @@ def measure_sharded(
     lock = threading.Lock()
     report: ShardReport[Job] = ShardReport({p.label: 0 for p in profilers})
     crashed: list[BaseException] = []
-    bar = tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr, disable=not jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr, disable=not jobs or desc is None)
 
     def work(profiler: Profiler) -> None:
         while True:

@@ -106,3 +106,17 @@ def test_bad_data_directories(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     with pytest.raises(HwnasError, match="cannot read CIFAR-10"):
         load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+
+
+@needs_torchvision
+def test_an_unreadable_image_is_named(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "ok.png")
+    (tmp_path / "train" / "b" / "bad.jpg").write_text("not an image")
+    splits = load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=8))
+    with pytest.raises(HwnasError, match="cannot read image .*bad.jpg"):
+        list(make_loader(splits.train, 2, False))

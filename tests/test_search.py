@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -24,6 +25,10 @@ def test_one_search_epoch_writes_the_run_directory(tmp_path):
     assert json.loads((run / "genotype.json").read_text()) == result.genotype.to_json()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["genotype"] == result.genotype.to_json() and summary["wall_s"] > 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "checkpoint.pt", "metrics.jsonl"):  # written atomically, yet as open() would
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def _alphas(run) -> list[torch.Tensor]:

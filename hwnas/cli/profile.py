@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(timings drift with the machine's state: refit on the day the table's estimates matter)",
     )
     parser.add_argument("--out", help="table file (default: <user table dir>/<name>_<space>_<size>.json)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--name", help="target name the table answers to (default: the device)")
     android = parser.add_argument_group("android")
     android.add_argument(
@@ -160,7 +161,7 @@ def measure_round(
     keys: list[str],
     networks: list[CalibrationNetwork],
     path: str,
-    desc: str,
+    desc: str | None,
 ) -> str | None:
     """Measure every op in `keys` that the table at `path` lacks, then every network in `networks` that
     `calibration_path(path)` lacks, sharded over the devices, saving after each (one round, resumable).
@@ -192,7 +193,7 @@ def measure_round(
             save_measurements(calibration, measured)
 
         calibrated = measure_sharded(working, network_todo, lambda p, network: network.measure(p), record_network,
-                                     desc + " networks")  # fmt: skip
+                                     desc and desc + " networks")  # fmt: skip
         if calibrated.unmeasured:
             return f"{calibrated.describe_failures()}; {len(calibrated.unmeasured)} calibration network(s) not measured"
         failures = "; ".join(r.describe_failures() for r in (report, calibrated) if r.failures)
@@ -213,7 +214,7 @@ def measure_rounds(args, rounds: int, metadata: TableMetadata, todo, networks, t
     keys = [op.key() for op in todo]
     for r in range(rounds):
         path = rounds_dir / f"round{r + 1}.json"
-        desc = f"profile {args.device} round {r + 1}/{rounds}"
+        desc = None if args.no_progress else f"profile {args.device} round {r + 1}/{rounds}"
         failure = in_fresh_process(measure_round, options, vars(metadata), keys, networks, str(path), desc)
         if failure:
             raise HwnasError(f"round {r + 1}: {failure}; re-run the same command to measure the rest")
@@ -335,7 +336,7 @@ def run(args) -> int:
     networks = _networks_to_calibrate(args, table, cfg, input_size)
     if (todo or networks) and rounds == 1:
         failure = measure_round(options, vars(metadata), [op.key() for op in todo], networks, str(out),
-                                f"profile {args.device}")  # fmt: skip
+                                None if args.no_progress else f"profile {args.device}")  # fmt: skip
         if failure:
             raise HwnasError(f"{failure}; {out} keeps what was measured: re-run the same command to measure the rest")
         table = LatencyTable.load(out)

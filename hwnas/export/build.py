@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,7 @@ import torch
 from torch import nn
 
 from hwnas.config import DataConfig, SearchConfig, TrainConfig
-from hwnas.errors import HwnasError
-from hwnas.export.errors import conversion_error
+from hwnas.errors import HwnasError, first_line_error
 from hwnas.spaces import Genotype, get_space, load_genotype
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,12 @@ def load_weights(path: str | Path) -> Weights:
     path = Path(path)
     if not path.is_file():
         raise HwnasError(f"weights file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise HwnasError(f"weights file {path} is not a PyTorch file (torch.save writes a zip archive)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise conversion_error(f"cannot read weights {path}", err) from None
+        raise first_line_error(f"cannot read weights {path}", err) from None
     record: dict[str, Any] = {}
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         record = {k: v for k, v in data.items() if k != "state_dict"}

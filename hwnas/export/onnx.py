@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.export.errors import conversion_error
+from hwnas.errors import first_line_error
 from hwnas.export.runner import ExportedModel
 from hwnas.profilers.base import import_extra, quiet_converter
 from hwnas.profilers.onnxruntime import onnx_session
@@ -32,11 +32,11 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic_ba
             )  # fmt: skip
         program.save(str(path))
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; any means "cannot export"
-        raise conversion_error("ONNX export failed (an op without an ONNX translation?)", err) from None
+        raise first_line_error("ONNX export failed (an op without an ONNX translation?)", err) from None
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
-        raise conversion_error("the exported ONNX model fails onnx.checker", err) from None
+        raise first_line_error("the exported ONNX model fails onnx.checker", err) from None
     model = onnx.load(str(path), load_external_data=False)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return f"opset {opset}"

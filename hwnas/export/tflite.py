@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.export.errors import conversion_error
+from hwnas.errors import first_line_error
 from hwnas.export.runner import ExportedModel
 from hwnas.profilers.base import missing_extra, quiet_converter
 from hwnas.profilers.tflite import interpreter_module, litert_torch_module
@@ -67,7 +67,7 @@ def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
         with _quiet():
             return bytes(litert_torch.convert(module.eval(), (example,)).model_content())
     except Exception as err:  # noqa: BLE001 - the converter raises many types; any means "cannot convert"
-        raise conversion_error("TFLite conversion failed (an op litert-torch cannot lower?)", err) from None
+        raise first_line_error("TFLite conversion failed (an op litert-torch cannot lower?)", err) from None
 
 
 def quantize_tflite(flatbuffer: bytes, mode: str, calibration: Iterable[np.ndarray] = ()) -> bytes:
@@ -87,7 +87,7 @@ def quantize_tflite(flatbuffer: bytes, mode: str, calibration: Iterable[np.ndarr
                 q = aeq.quantizer.Quantizer(flatbuffer, aeq.recipe.static_wi8_ai8())
                 result = q.quantize(_extreme_ranges(aeq, flatbuffer, calibration), enable_progress_report=False)
     except Exception as err:  # noqa: BLE001 - the quantiser raises many types
-        raise conversion_error(f"{mode} quantisation failed", err) from None
+        raise first_line_error(f"{mode} quantisation failed", err) from None
     numeric = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     if numeric:  # e.g. an activation with a ~0 calibrated range (untrained weights): bias scales vanish
         log.warning("%s quantisation hit a degenerate range (%s); the model may be inaccurate", mode,

@@ -57,7 +57,7 @@ def test_weights_that_do_not_match(train_run, tmp_path):
     bare.unlink()
     _assert_nothing_written(tmp_path)
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    _fails("cannot read weights", genotype="DARTS_V2", weights=str(tmp_path / "junk.pt"))
+    _fails("junk.pt is not a PyTorch file", genotype="DARTS_V2", weights=str(tmp_path / "junk.pt"))
 
 
 class Mystery(nn.Module):

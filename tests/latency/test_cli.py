@@ -29,8 +29,9 @@ def test_profile_resumes_and_feeds_targets_and_predict(cli, user_tables, capsys)
     assert (user_tables / "cpu_darts_8.predictor.pkl").is_file()
 
     primitives = "skip_connect,avg_pool_3x3,max_pool_3x3"
-    done = cli("profile", "--device", "cpu", *TINY, "--rounds", "1", "--primitives", primitives)
+    done = cli("profile", "--device", "cpu", *TINY, "--rounds", "1", "--primitives", primitives, "--no-progress")
     assert done.returncode == 0, done.stderr
+    assert "job/s" not in done.stderr and "it/s" not in done.stderr  # no progress bar
     second = LatencyTable.load(path)
     new = set(second.entries) - set(first.entries)
     assert new and all(k.startswith("max_pool_3x3") for k in new)
