@@ -119,8 +119,11 @@ def _device_options(args, cache_dir: Path | None = None) -> list[dict]:
     """get_profiler keyword arguments, one dict per device (picklable, for rounds run in fresh processes)."""
     from hwnas.profilers import PROFILERS, ExportingProfiler, Protocol
 
-    if args.serial and args.device != "android":
-        raise HwnasError("--serial applies to --device android")
+    android_only = {"--serial": args.serial, "--binary": args.binary, "--cpu-mask": args.cpu_mask,
+                    "--op-profiling": args.op_profiling}  # fmt: skip
+    given = [flag for flag, value in android_only.items() if value]
+    if given and args.device != "android":
+        raise HwnasError(f"{given[0]} applies to --device android")
     if args.gpu_ids is not None and args.device != "gpu":
         raise HwnasError("--gpu-ids applies to --device gpu")
     if args.delegate is not None and args.device not in DELEGATED:

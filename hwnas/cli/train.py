@@ -63,9 +63,17 @@ def run(args: argparse.Namespace) -> int:
         cfg.validate()
         resolve_device(cfg.device, processes=1)
         check_data(cfg.data)
+        if args.train_portion is not None:
+            raise HwnasError("--train-portion splits a search's data; training uses the whole train split")
         genotype = load_genotype(cfg.genotype)  # a bad genotype fails before the run directory exists
         if cfg.width_mult is not None and genotype.space != "mobile":
             raise HwnasError(f"--width-mult shapes mobile networks; genotype {cfg.genotype} is for space "
+                             f"{genotype.space!r}")  # fmt: skip
+        darts_only = {"--auxiliary-weight": cfg.auxiliary_weight > 0, "--init-channels": args.init_channels,
+                      "--layers": args.layers, "--drop-path-prob": args.drop_path_prob}  # fmt: skip
+        given = [flag for flag, value in darts_only.items() if value is not None and value is not False]
+        if given and genotype.space != "darts":
+            raise HwnasError(f"{given[0]} shapes DARTS networks; genotype {cfg.genotype} is for space "
                              f"{genotype.space!r}")  # fmt: skip
         run_dir = RunDir.create(args.run_dir or default_run_dir("train"), "train", cfg.to_json())
     result = run_train(cfg, run_dir, progress=not args.no_progress)

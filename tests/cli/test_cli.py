@@ -94,6 +94,12 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["train", "--lr", "nan"], ["learning rate must be positive"]),
         (["train", "--cutout", "-5"], ["cutout must lie in [0, image size 32]"]),
         (["search", "--width-mult", "0.5"], ["--width-mult shapes the mobile space"]),
+        (["train", "--train-portion", "0.3"], ["--train-portion splits a search's data"]),
+        (
+            ["train", "--genotype", "PROXYLESS_MOBILE", "--auxiliary-weight", "0.4"],
+            ["--auxiliary-weight shapes DARTS networks", "space 'mobile'"],
+        ),
+        (["train", "--genotype", "PROXYLESS_MOBILE", "--layers", "8"], ["--layers shapes DARTS networks"]),
         (["search", "--pc-k", "2"], ["--pc-k applies to --strategy pcdarts"]),
         (["search", "--latency-lambda", "0.5"], ["--latency-lambda goes with --target and --latency"]),
         (["search", "--dataset", "digits", "--data-dir", "/tmp"], ["--data-dir applies to the cifar10 and"]),
@@ -113,6 +119,7 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, fragments):
         (["predict", "--table", "mobile", "--space", "darts", "--layers", "0"], ["layers must be >= 1"]),
         (["predict", "--table", "mobile", "--key", "Logits-input:0x0x8-output:10"], ["dimensions must be positive"]),
         (["profile", "--device", "cpu", "--space", "darts", "--layers", "0"], ["layers must be >= 1"]),
+        (["profile", "--device", "cpu", "--cpu-mask", "f0"], ["--cpu-mask applies to --device android"]),
         (["targets", "--space", "foo"], ["no latency tables for space 'foo'", "mobile"]),
     ],
 )
