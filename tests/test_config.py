@@ -50,7 +50,7 @@ def test_a_json_list_is_not_a_config():
         ({"w_lr": -1.0}, "weight learning rate must be positive"),
         ({"w_lr": math.nan}, "weight learning rate must be positive"),
         ({"a_lr": 0.0}, "architecture learning rate must be positive"),
-        ({"w_lr_min": 0.5}, "minimum weight learning rate must lie in"),
+        ({"w_lr_min": -0.5}, "minimum weight learning rate must be >= 0"),
         ({"w_momentum": 1.0}, "momentum must lie in [0, 1)"),
         ({"seed": -1}, "seed must lie in [0, 2**32)"),
         ({"seed": 2**32}, "seed must lie in [0, 2**32)"),
