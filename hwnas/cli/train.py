@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         if cfg.width_mult is not None and genotype.space != "mobile":
             raise HwnasError(f"--width-mult shapes mobile networks; genotype {cfg.genotype} is for space "
                              f"{genotype.space!r}")  # fmt: skip
-        darts_only = {"--auxiliary-weight": cfg.auxiliary_weight > 0, "--init-channels": args.init_channels,
+        darts_only = {"--auxiliary-weight": args.auxiliary_weight, "--init-channels": args.init_channels,
                       "--layers": args.layers, "--drop-path-prob": args.drop_path_prob}  # fmt: skip
-        given = [flag for flag, value in darts_only.items() if value is not None and value is not False]
+        given = [flag for flag, value in darts_only.items() if value is not None]
         if given and genotype.space != "darts":
             raise HwnasError(f"{given[0]} shapes DARTS networks; genotype {cfg.genotype} is for space "
                              f"{genotype.space!r}")  # fmt: skip

@@ -46,9 +46,9 @@ class Strategy:
     second_order: ClassVar[bool] = False  # whether --unrolled applies
 
     def __init__(self, cfg: SearchConfig):
-        for flag, applies, kind in (("--fused", "mixes_every_candidate", cfg.fused),
-                                    ("--unrolled", "second_order", cfg.unrolled)):  # fmt: skip
-            if kind and not getattr(self, applies):
+        for flag, applies, given in (("--fused", "mixes_every_candidate", cfg.fused),
+                                     ("--unrolled", "second_order", cfg.unrolled)):  # fmt: skip
+            if given and not getattr(self, applies):
                 which = " and ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), applies))
                 raise HwnasError(f"{flag} applies to the {which} strategies, not {self.name}")
         self.cfg = cfg
