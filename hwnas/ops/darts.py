@@ -70,7 +70,14 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve H and W with two offset stride-2 1x1 convs, concatenated (skip_connect at stride 2)."""
+    """Halve H and W with two offset stride-2 1x1 convs, concatenated (skip_connect at stride 2).
+
+    Training on the CPU, each conv runs as stride 1 on the subsampled input (the same sums, bit for bit):
+    oneDNN's stride-2 1x1 weight gradient for NHWC tensors (input or weight channels_last) with fewer input
+    channels than its channel block (16 with AVX-512) writes past its buffer (oneDNN issue #6035, open), which
+    crashed searches at `--init-channels 4` with an odd batch. Evaluation, inference and export keep the strided
+    conv.
+    """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
         super().__init__()
@@ -85,7 +92,12 @@ class FactorizedReduce(nn.Module):
         shifted = x[:, :, 1:, 1:]
         if x.shape[2] % 2:  # odd sizes: pad so both halves have ceil(H/2) rows
             shifted = nn.functional.pad(shifted, (0, 1, 0, 1))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        return self.bn(torch.cat([self._halve(self.conv_1, x), self._halve(self.conv_2, shifted)], dim=1))
+
+    def _halve(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            return nn.functional.conv2d(x[:, :, ::2, ::2], conv.weight, conv.bias)
+        return conv(x)
 
 
 OPS.register("none")(lambda C, stride, affine: Zero(stride))
