@@ -30,12 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tables(spec: str, space: str | None):
+    """A table file, or a target's tables: of several for one space and input size (one per machine), the one
+    `--target` takes here, as the search that estimates with it."""
     from hwnas.latency.table import LatencyTable
-    from hwnas.latency.targets import list_tables
+    from hwnas.latency.targets import list_tables, taken_by_target
 
     if spec.endswith(".json") or os.sep in spec:
         return [LatencyTable.load(spec)]
-    tables = [info.table for info in list_tables() if info.table.metadata.target == spec]
+    infos = [info for info in list_tables() if info.name == spec]
+    tables = [info.table for info, taken in zip(infos, taken_by_target(infos)) if taken]
     if space is not None and any(t.metadata.space == space for t in tables):
         tables = [t for t in tables if t.metadata.space == space]
     if not tables:

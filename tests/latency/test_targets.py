@@ -1,5 +1,7 @@
 """Table discovery and target resolution."""
 
+import dataclasses
+import json
 import logging
 
 import pytest
@@ -81,6 +83,14 @@ def test_host_target_takes_a_table_of_this_machine_first(user_tables, capsys):
     used = {line.split()[-1]: line.split()[-2] for line in capsys.readouterr().out.splitlines()[1:-1]}
     assert used[str(user_tables / "a_onnxruntime_mobile_224.json")] == "-"
     assert used[str(user_tables / "b_onnxruntime_mobile_224.json")] == "yes"
+    # predict estimates with the table the search would (the other's entries would shadow it otherwise)
+    for table, scale in ((elsewhere, 1.0), (here, 3.0)):
+        table.entries = {k: dataclasses.replace(e, median_ms=scale * e.median_ms) for k, e in table.entries.items()}
+        table.save()
+    key = next(iter(here.entries))
+    assert main(["predict", "--table", "onnxruntime", "--key", key, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["latency_ms"] == pytest.approx(here.entries[key].median_ms)
 
 
 def test_a_table_of_this_cpu_name_but_another_signature_is_not_this_machines():
