@@ -239,8 +239,10 @@ def _export_onnx(module, spec, options, checks, tmp: Path) -> ExportRow:
 
 
 def _export_tflite(module, spec, options, checks, tmp: Path) -> ExportRow:
-    from hwnas.export.tflite import TfliteModel, convert_tflite, quantize_tflite
+    from hwnas.export.tflite import TfliteModel, convert_tflite, quantize_tflite, with_quantizable_pools
 
+    if options.quantize == "int8":
+        module = with_quantizable_pools(module)
     flatbuffer = convert_tflite(module, _example(spec, options, 1))
     converter = f"litert-torch {version('litert-torch')}"
     name = "model.tflite"

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from hwnas.export import ExportOptions, build_network, export_network, resolve_spec
 from hwnas.export.onnx import OnnxModel
 from hwnas.export.pipeline import QUANTIZED_AGREEMENT
 from hwnas.export.report import FLOAT_TOLERANCE, REPORT_NAME
-from hwnas.export.tflite import TfliteModel
+from hwnas.export.tflite import PadExcludingAvgPool, TfliteModel
 from hwnas.latency.catalogue import mobile_blocks
 from hwnas.profilers.protocol import Protocol
 from hwnas.spaces.mobile import MobileGenotype
@@ -112,3 +113,30 @@ def test_exports_into_one_directory_report_every_format(train_run, tmp_path):
     (again,) = export_network(spec, ExportOptions(("onnx",), out, protocol=FAST))
     assert [row["file"] for row in _report(out)] == ["model.tflite", "model.onnx"]
     assert _report(out)[1] == again.to_json()
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.AvgPool2d(3, 2, 1, count_include_pad=False),
+     nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)],
+    ids=["stride1", "stride2", "ceil"],
+)  # fmt: skip
+@pytest.mark.parametrize("size", [7, 8])
+def test_quantizable_pool_is_the_padding_excluding_average(pool, size):
+    x = torch.randn(2, 3, size, size)
+    torch.testing.assert_close(PadExcludingAvgPool(pool)(x), pool(x))
+
+
+@needs_litert
+def test_int8_export_of_cells_with_average_pooling(tmp_path):
+    """avg_pool_3x3 (padding excluded) in both cell types: ai-edge-quantizer finds no ranges for its direct
+    lowering; the exporter rewrites it as a padding-counting pool and a division, which quantise."""
+    cell = [["avg_pool_3x3", 0], ["skip_connect", 1], ["avg_pool_3x3", 2], ["max_pool_3x3", 0]]
+    genotype = {"space": "darts", "normal": cell, "normal_concat": [2, 3], "reduce": cell, "reduce_concat": [2, 3]}
+    (tmp_path / "g.json").write_text(json.dumps(genotype))
+    spec = resolve_spec(genotype=str(tmp_path / "g.json"), data={"dataset": "fake"},
+                        shape={"init_channels": 4, "layers": 3}, input_size=SIZE, in_channels=3,
+                        num_classes=4)  # fmt: skip
+    (row,) = export_network(spec, ExportOptions(("tflite",), tmp_path / "out", quantize="int8",
+                                                calibration_batches=1, protocol=FAST))  # fmt: skip
+    assert row.file == "model_int8.tflite" and row.top1_agreement >= QUANTIZED_AGREEMENT
