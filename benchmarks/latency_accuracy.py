@@ -33,7 +33,8 @@ from 160-208.
     python benchmarks/latency_accuracy.py --rescore            # score the stored timings again, measuring nothing
 
 The JSON keeps every pass's timings (`arch_ids`, `passes_ms`), so that a changed predictor or correction can be
-scored on the same measurements (`--rescore`, with the tables they were compared with) on any machine.
+scored on the same measurements (`--rescore`, with the tables they were compared with) on any machine; results
+written before that (`latency_accuracy.json`, the EPYC VM's) hold the scores only.
 """
 
 from __future__ import annotations

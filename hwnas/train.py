@@ -92,7 +92,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             raise HwnasError(f"checkpoint in {run.path} does not match this network: {err}") from None
         set_rng_state(state["rng"], place.device)
         start_epoch, history, wall_s = state["epoch"] + 1, state["history"], state["wall_s"]
-        log.info("resuming %s after epoch %d", run.path, state["epoch"])
+        log.info("resuming %s after epoch %d", run.path, state["epoch"] + 1)
 
     test_loader = make_loader(splits.test, 256, False, pin_memory=place.pin_memory)
     aug_gen = torch.Generator()

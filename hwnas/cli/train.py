@@ -25,7 +25,8 @@ FLAGS = {
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that shape a derived network (shared with `hwnas export`)."""
-    parser.add_argument("--genotype", help="genotype JSON file or a published name (DARTS_V1, DARTS_V2, PC_DARTS)")
+    parser.add_argument("--genotype", help="genotype JSON file or a published name (DARTS_V1, DARTS_V2, "
+                                           "PC_DARTS, PROXYLESS_MOBILE)")  # fmt: skip
     parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 16)")
     parser.add_argument("--layers", type=int, help="DARTS: cells (default 8)")
     parser.add_argument("--width-mult", type=float, help="mobile: width multiplier (default: the genotype's)")

@@ -127,6 +127,12 @@ def taken_by_target(infos: list[TableInfo]) -> list[bool]:
     return [id(info.table) in taken for info in infos]
 
 
+def is_shipped(table: LatencyTable) -> bool:
+    """Whether `table` is one of the package's own (refitted or extended as a user copy, never in place)."""
+    shipped = Path(str(resources.files("hwnas.latency_tables"))).resolve()
+    return table.path is not None and Path(table.path).resolve().parent == shipped
+
+
 def profile_command(device: str, space: str, input_size: int, *flags: str) -> str:
     """The `hwnas profile` command line that measures `device`'s table of `space` at `input_size`."""
     return " ".join(("hwnas profile --device", device, "--space", space, "--input-size", str(input_size), *flags))
