@@ -53,6 +53,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def refuse_unless(applies: bool, flags: dict[str, Any], what: str) -> None:
+    """Where a flag means nothing (`applies` False), name the first of `flags` given (None or False: not given)."""
+    given = [flag for flag, value in flags.items() if value is not None and value is not False]
+    if given and not applies:
+        raise HwnasError(f"{given[0]} {what}")
+
+
 def check_run_flags(args: argparse.Namespace) -> None:
     if args.resume and args.run_dir:
         raise HwnasError("--resume continues its run directory in place; leave out --run-dir")

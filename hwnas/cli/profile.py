@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hwnas.cli.common import quiet_exporters
+from hwnas.cli.common import quiet_exporters, refuse_unless
 from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.latency.calibration import (
@@ -121,13 +121,10 @@ def _device_options(args, cache_dir: Path | None = None) -> list[dict]:
 
     android_only = {"--serial": args.serial, "--binary": args.binary, "--cpu-mask": args.cpu_mask,
                     "--op-profiling": args.op_profiling}  # fmt: skip
-    given = [flag for flag, value in android_only.items() if value]
-    if given and args.device != "android":
-        raise HwnasError(f"{given[0]} applies to --device android")
-    if args.gpu_ids is not None and args.device != "gpu":
-        raise HwnasError("--gpu-ids applies to --device gpu")
-    if args.delegate is not None and args.device not in DELEGATED:
-        raise HwnasError(f"--delegate applies to --device {' and '.join(DELEGATED)}")
+    refuse_unless(args.device == "android", android_only, "applies to --device android")
+    refuse_unless(args.device == "gpu", {"--gpu-ids": args.gpu_ids}, "applies to --device gpu")
+    refuse_unless(args.device in DELEGATED, {"--delegate": args.delegate},
+                  f"applies to --device {' and '.join(DELEGATED)}")  # fmt: skip
     protocol = Protocol(warmup_runs=args.warmup, runs=args.runs, clock=args.clock)
     options = {"device": args.device, "threads": args.threads, "batch": args.batch, "protocol": protocol}
     if cache_dir is not None and issubclass(PROFILERS.get(args.device), ExportingProfiler):

@@ -15,6 +15,7 @@ from hwnas.cli.common import (
     default_run_dir,
     parse_latency_ms,
     quiet_exporters,
+    refuse_unless,
 )
 from hwnas.config import SearchConfig
 from hwnas.device import placement
@@ -143,9 +144,7 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[SearchConfig, str
         if (cfg.target is None) != (cfg.latency_ms is None):
             raise HwnasError("--target and --latency go together")
         for names, applies, what in ONLY_WITH:
-            given = [n for n in names if getattr(args, n) is not None]
-            if given and not applies(cfg):
-                raise HwnasError(f"--{given[0].replace('_', '-')} {what}")
+            refuse_unless(applies(cfg), {f"--{n.replace('_', '-')}": getattr(args, n) for n in names}, what)
     check_search_config(cfg)
     distributed.check_batch_size(cfg.batch_size, processes)
     # under torchrun this process's own device; for --nproc N the last process's, so that every one has a GPU

@@ -10,6 +10,7 @@ from hwnas.cli.common import (
     build_config,
     check_run_flags,
     default_run_dir,
+    refuse_unless,
 )
 from hwnas.config import TrainConfig
 from hwnas.device import resolve_device
@@ -72,10 +73,8 @@ def run(args: argparse.Namespace) -> int:
                              f"{genotype.space!r}")  # fmt: skip
         darts_only = {"--auxiliary-weight": args.auxiliary_weight, "--init-channels": args.init_channels,
                       "--layers": args.layers, "--drop-path-prob": args.drop_path_prob}  # fmt: skip
-        given = [flag for flag, value in darts_only.items() if value is not None]
-        if given and genotype.space != "darts":
-            raise HwnasError(f"{given[0]} shapes DARTS networks; genotype {cfg.genotype} is for space "
-                             f"{genotype.space!r}")  # fmt: skip
+        refuse_unless(genotype.space == "darts", darts_only,
+                      f"shapes DARTS networks; genotype {cfg.genotype} is for space {genotype.space!r}")  # fmt: skip
         run_dir = RunDir.create(args.run_dir or default_run_dir("train"), "train", cfg.to_json())
     result = run_train(cfg, run_dir, progress=not args.no_progress)
     print(f"test accuracy: {result.test_acc:.4f}")
