@@ -37,7 +37,7 @@ class JsonConfig:
                 value = tuple(value)
             elif isinstance(value, dict) and isinstance(hints[name], type) and issubclass(hints[name], JsonConfig):
                 value = hints[name].from_json(value)  # a nested config (`data`)
-            if not _fits(value, hints[name]):
+            if not fits_json_type(value, hints[name]):
                 shown = json.dumps(value) if not isinstance(value, JsonConfig) else repr(value)
                 raise HwnasError(f"{cls.__name__}: field {name!r} must be {_type_name(hints[name])}, got {shown}")
             values[name] = value
@@ -47,19 +47,20 @@ class JsonConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value (lists already tuples) is of a config field's type."""
+def fits_json_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value (lists already tuples) is of type `hint` (a config field's, a genotype's): an int is a
+    float too, a bool is neither."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
+        return any(fits_json_type(value, a) for a in args)
     if hint is type(None):
         return value is None
     if origin is tuple:
         if not isinstance(value, tuple):
             return False
         if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+            return all(fits_json_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(fits_json_type(v, a) for v, a in zip(value, args))
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:

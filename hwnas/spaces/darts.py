@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas.config import fits_json_type
 from hwnas.errors import HwnasError
 from hwnas.ops.darts import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
 from hwnas.ops.opconfig import OpConfig
@@ -54,14 +55,14 @@ class DartsGenotype(Genotype):
         def edges(name: str) -> tuple[tuple[str, int], ...]:
             value = data.get(name)
             if not isinstance(value, list) or not all(
-                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and _is_int(e[1]) for e in value
+                isinstance(e, list) and fits_json_type(tuple(e), tuple[str, int]) for e in value
             ):
                 raise HwnasError(f"malformed DARTS genotype: {name!r} must be a list of [op, input node] pairs")
             return tuple((op, src) for op, src in value)
 
         def concat(name: str) -> tuple[int, ...]:
             value = data.get(name)
-            if not isinstance(value, list) or not all(_is_int(i) for i in value):
+            if not isinstance(value, list) or not fits_json_type(tuple(value), tuple[int, ...]):
                 raise HwnasError(f"malformed DARTS genotype: {name!r} must be a list of node indices")
             return tuple(value)
 
@@ -122,10 +123,6 @@ PC_DARTS = DartsGenotype(
     ),
     reduce_concat=(2, 3, 4, 5),
 )  # fmt: skip
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def reduction_layers(layers: int) -> tuple[int, ...]:

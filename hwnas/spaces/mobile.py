@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from hwnas.config import width_mult_check
+from hwnas.config import fits_json_type, width_mult_check
 from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import (
     MOBILE_FIRST_BLOCK_CHANNELS,
@@ -52,7 +52,7 @@ class MobileGenotype(Genotype):
         blocks, width_mult = data.get("blocks"), data.get("width_mult", 1.0)
         if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
             raise HwnasError("malformed mobile genotype: 'blocks' must be a list of op names")
-        if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool):
+        if not fits_json_type(width_mult, float):
             raise HwnasError(f"malformed mobile genotype: 'width_mult' must be a number, got {width_mult!r}")
         genotype = cls(tuple(blocks), float(width_mult))
         genotype.validate()

@@ -80,7 +80,11 @@ class Strategy:
     # -- the loop's calls --------------------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        set_lr(self.w_opt, cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min))
+        set_lr(self.w_opt, self.weight_lr(epoch))
+
+    def weight_lr(self, epoch: int) -> float:
+        """The weight optimiser's learning rate in `epoch`: cosine from w_lr to w_lr_min over the search."""
+        return cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min)
 
     def end_epoch(self, epoch: int) -> None:
         """After an epoch's last step (random search picks its best candidate here)."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas import distributed
-from hwnas.schedule import cosine_lr, set_lr
+from hwnas.schedule import set_lr
 from hwnas.spaces import get_space
 from hwnas.strategies.base import STRATEGIES, Strategy, accuracy
 
@@ -66,7 +66,7 @@ class RandomSearch(Strategy):
         if not self.candidates:
             self._build()
         for opt in self.opts:
-            set_lr(opt, cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min))
+            set_lr(opt, self.weight_lr(epoch))
         self.val_correct = [0] * len(self.candidates)
         self.val_seen = 0
 
