@@ -26,6 +26,7 @@ from hwnas.errors import HwnasError
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
+LAUNCHED_BY_HWNAS = "HWNAS_LAUNCHED"  # set in the processes `launch` starts: their launcher speaks for them
 
 
 def env_world_size() -> int:
@@ -42,6 +43,12 @@ def env_local_rank() -> int:
         return int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError:
         raise HwnasError(f"LOCAL_RANK={os.environ['LOCAL_RANK']!r} is not an integer") from None
+
+
+def reports_interrupt() -> bool:
+    """Whether this process says it was interrupted: Ctrl-C reaches every process of a search, which say it once,
+    through `hwnas search --nproc`'s launcher or through torchrun's rank 0."""
+    return LAUNCHED_BY_HWNAS not in os.environ and os.environ.get("RANK", "0") == "0"
 
 
 def _active() -> bool:
@@ -171,9 +178,12 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)  # fmt: skip
-    elastic_log = logging.getLogger("torch.distributed.elastic")
-    level = elastic_log.level
-    elastic_log.setLevel(logging.CRITICAL if log.getEffectiveLevel() > logging.DEBUG else logging.INFO)
+    # the agent's modules set their own levels (WARNING): quiet each one it has, unless hwnas logs at debug level
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL if log.getEffectiveLevel() > logging.DEBUG else logging.INFO)
+    os.environ[LAUNCHED_BY_HWNAS] = "1"
     try:
         elastic_launch(config, sys.executable)(*argv)
     except ChildFailedError as err:
@@ -187,7 +197,9 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
             raise KeyboardInterrupt from None
         raise HwnasError(f"stopped by {signal.Signals(err.sigval).name}") from None
     finally:
-        elastic_log.setLevel(level)
+        os.environ.pop(LAUNCHED_BY_HWNAS, None)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _exit_reason(exitcode: int) -> str:

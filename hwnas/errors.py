@@ -1,6 +1,8 @@
 """The one exception type for errors a user can cause; the CLI prints its message and exits with code 2."""
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes
 
@@ -17,3 +19,22 @@ def first_line_error(what: str, err: BaseException) -> HwnasError:
     are long, and torch's coloured)."""
     lines = _ANSI.sub("", str(err)).strip().splitlines()
     return HwnasError(f"{what}: {type(err).__name__}: {lines[0] if lines else 'no message'}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during work that keeps what it has done; `resume` is the command line that continues it."""
+
+    def __init__(self, resume: str):
+        super().__init__(resume)
+        self.resume = resume
+
+
+@contextmanager
+def resumable_by(resume: str) -> Iterator[None]:
+    """Ctrl-C inside becomes `Interrupted(resume)`, so the CLI's one line says how to continue."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(resume) from None

@@ -143,12 +143,13 @@ class RunDir:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         save_torch_atomic(self.path / CHECKPOINT, {"kind": self.kind, **state})
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(self, mmap: bool = False) -> dict[str, Any] | None:
+        """The run's checkpoint; `mmap`: its tensors left in the file, read when used (cheap for a look)."""
         path = self.path / CHECKPOINT
         if not path.exists():
             return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)  # saved on any device, loaded anywhere
+        try:  # saved on any device, loaded anywhere
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
             raise first_line_error(f"corrupt checkpoint {path}", err) from None
         if not isinstance(state, dict) or state.get("kind") != self.kind:
@@ -157,7 +158,7 @@ class RunDir:
 
     def check_epochs(self, epochs: int) -> None:
         """A resume may extend a run, not cut it short: `epochs` must cover the epochs its checkpoint has done."""
-        state = self.load_checkpoint()
+        state = self.load_checkpoint(mmap=True)
         done = 0 if state is None else state["epoch"] + 1
         if epochs < done:
             raise HwnasError(f"--epochs {epochs} is fewer than the {done} epochs {self.path} has done")

@@ -108,7 +108,10 @@ def run_search(
         from hwnas.latency.loss import LatencyObjective
 
         latency = latency_model(cfg, space, supernet)
-        if cfg.latency_ms > latency.max_ms(supernet):
+        if main and latency.predicted_keys:
+            log.warning("table %s lacks %d op configuration(s); predicted: %s", latency.table.name,
+                        len(latency.predicted_keys), ", ".join(latency.predicted_keys))  # fmt: skip
+        if main and cfg.latency_ms > latency.max_ms(supernet):
             log.warning("latency budget %g ms is above the slowest architecture on %s (%.1f ms): the constraint "
                         "is inactive", cfg.latency_ms, cfg.target, latency.max_ms(supernet))  # fmt: skip
         strategy.latency_objective = LatencyObjective(latency, cfg.latency_ms, cfg.latency_loss, cfg.latency_lambda,

@@ -10,9 +10,10 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, Interrupted
 
 COMMANDS = {
     "search": "search an architecture (DARTS, PC-DARTS, GDAS, ProxylessNAS, random) on a supernet",
@@ -26,7 +27,15 @@ COMMANDS = {
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage mistakes print one line `hwnas: error: ...` and exit with code 2, like every other user error."""
+    """Usage mistakes print one line `hwnas: error: ...` and exit with code 2, like every other user error.
+
+    A value that starts with a minus and a digit (`--latency -5ms`) is taken as the option's value, as Python 3.13's
+    argparse does, so the option's own check names what is wrong with it rather than "expected one argument".
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):
         self.exit(2, f"hwnas: error: {message} (see `{self.prog} --help`)\n")
@@ -65,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except HwnasError as err:
         print(f"hwnas: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hwnas: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        from hwnas.distributed import reports_interrupt
+
+        if reports_interrupt():
+            print(f"hwnas: interrupted{f'; continue with: {err.resume}' if isinstance(err, Interrupted) else ''}",
+                  file=sys.stderr)  # fmt: skip
         return 130
     except BrokenPipeError:  # stdout closed early (`hwnas targets | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

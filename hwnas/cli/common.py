@@ -15,7 +15,7 @@ from hwnas.errors import HwnasError
 DATA_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "image_size": "image_size",
               "train_portion": "train_portion"}  # fmt: skip
 EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "absl")  # INFO per exported op
-_LATENCY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*$")
+_LATENCY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*$")
 
 
 def quiet_exporters() -> None:

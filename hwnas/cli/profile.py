@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hwnas.cli.common import quiet_exporters, refuse_unless
 from hwnas.config import SearchConfig
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, resumable_by
 from hwnas.latency.calibration import (
     CalibrationNetwork,
     calibration_networks,
@@ -266,6 +266,20 @@ def _networks_to_calibrate(args, table: LatencyTable, cfg: SearchConfig, input_s
     return calibration_networks(args.space, cfg, input_size, args.calibrate)
 
 
+def _measure(args, options, rounds: int, metadata: TableMetadata, table: LatencyTable, out, todo, networks):
+    """Measure the ops `todo` and the calibration `networks` into `out`: (the table as saved, the networks'
+    measurements)."""
+    if not (todo or networks):
+        return table, {}
+    if rounds > 1:
+        return table, measure_rounds(args, rounds, metadata, todo, networks, table)
+    failure = measure_round(options, vars(metadata), [op.key() for op in todo], networks, str(out),
+                            None if args.no_progress else f"profile {args.device}")  # fmt: skip
+    if failure:
+        raise HwnasError(f"{failure}; {out} keeps what was measured: re-run the same command to measure the rest")
+    return LatencyTable.load(out), load_measurements(calibration_path(out))
+
+
 def _store_correction(table: LatencyTable, networks: list[CalibrationNetwork], measured: dict) -> str:
     sums = [table.sum_ms(n.layers()) for n in networks]
     correction = fit_network_correction(sums, [measured[n.key].median_ms for n in networks])
@@ -334,15 +348,8 @@ def run(args) -> int:
         log.info("%s: %d op configurations, %d to measure in %d round(s), on %s", out, len(configs), len(todo),
                  rounds, devices)  # fmt: skip
     networks = _networks_to_calibrate(args, table, cfg, input_size)
-    if (todo or networks) and rounds == 1:
-        failure = measure_round(options, vars(metadata), [op.key() for op in todo], networks, str(out),
-                                None if args.no_progress else f"profile {args.device}")  # fmt: skip
-        if failure:
-            raise HwnasError(f"{failure}; {out} keeps what was measured: re-run the same command to measure the rest")
-        table = LatencyTable.load(out)
-        measured = load_measurements(calibration_path(out))
-    elif todo or networks:
-        measured = measure_rounds(args, rounds, metadata, todo, networks, table)
+    with resumable_by(f"the same command ({out} keeps what was measured)"):
+        table, measured = _measure(args, options, rounds, metadata, table, out, todo, networks)
     if len(table) >= MIN_ENTRIES:
         LatencyPredictor.fit_table(table).save(predictor_path(table), table)
     print(f"{out}: {len(table)} entries ({len(todo)} measured now), space {space}, input size {input_size}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 
 from hwnas import distributed
 from hwnas.cli.common import (
@@ -19,7 +20,7 @@ from hwnas.cli.common import (
 )
 from hwnas.config import SearchConfig
 from hwnas.device import placement
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, resumable_by
 from hwnas.run import RunDir
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the job
         path = distributed.broadcast_object(path or default_run_dir("search"))  # one timestamp for all ranks
         run_dir = _write_run(args, cfg, path) if main else RunDir(path, "search")
-        result = run_search(cfg, run_dir, progress=not args.no_progress)
+        under_torchrun = " (under torchrun, as before)" if distributed.world_size() > 1 else ""
+        with resumable_by(f"hwnas search --resume {shlex.quote(str(run_dir.path))}{under_torchrun}"):
+            result = run_search(cfg, run_dir, progress=not args.no_progress)
     if not main:
         return 0
     final = result.summary.get("final", {})
@@ -172,9 +175,10 @@ def _launch(args: argparse.Namespace) -> int:
     log.info("starting %d processes for %s", args.nproc, run_dir.path)
     argv = ["-m", "hwnas", *(["-v"] if args.verbose else []), "search", "--resume", str(run_dir.path),
             "--dist-timeout", str(args.dist_timeout), *(["--no-progress"] if args.no_progress else [])]  # fmt: skip
+    resume = f"hwnas search --resume {shlex.quote(str(run_dir.path))} --nproc {args.nproc}"
     try:
-        distributed.launch(args.nproc, argv)
+        with resumable_by(resume):
+            distributed.launch(args.nproc, argv)
     except HwnasError as err:
-        raise HwnasError(f"{err}; continue from the last checkpoint with: hwnas search --resume {run_dir.path} "
-                         f"--nproc {args.nproc}") from None  # fmt: skip
+        raise HwnasError(f"{err}; continue from the last checkpoint with: {resume}") from None
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from hwnas.cli.common import (
     add_data_arguments,
@@ -14,7 +15,7 @@ from hwnas.cli.common import (
 )
 from hwnas.config import TrainConfig
 from hwnas.device import resolve_device
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, resumable_by
 from hwnas.run import RunDir
 
 FLAGS = {
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         refuse_unless(genotype.space == "darts", darts_only,
                       f"shapes DARTS networks; genotype {cfg.genotype} is for space {genotype.space!r}")  # fmt: skip
         run_dir = RunDir.create(args.run_dir or default_run_dir("train"), "train", cfg.to_json())
-    result = run_train(cfg, run_dir, progress=not args.no_progress)
+    with resumable_by(f"hwnas train --resume {shlex.quote(str(run_dir.path))}"):
+        result = run_train(cfg, run_dir, progress=not args.no_progress)
     print(f"test accuracy: {result.test_acc:.4f}")
     print(f"parameters: {result.params}")
     print(f"weights: {run_dir.path / 'model.pt'}")

@@ -9,16 +9,11 @@ from the predictor fitted on it; a warning names them once. `zero` (a skipped bl
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from hwnas.latency.predictor import estimate
 from hwnas.latency.table import LatencyTable
 from hwnas.supernet.base import Supernet
-
-log = logging.getLogger(__name__)
-_WARNED: set[tuple[str, tuple[str, ...]]] = set()  # (table, predicted keys) already named in a warning
 
 
 class LatencyModel:
@@ -31,12 +26,7 @@ class LatencyModel:
         fixed = space.fixed_op_configs(cfg, self.input_size)
         wanted = list(dict.fromkeys([c for edge in edge_configs for c in edge if c is not None] + fixed))
         estimates = {op.key(): (ms, measured) for op, ms, measured in estimate([table], wanted)}
-        predicted = sorted(k for k, (_ms, measured) in estimates.items() if not measured)
-        if predicted and (table.name, tuple(predicted)) not in _WARNED:  # once, however many models a run builds
-            _WARNED.add((table.name, tuple(predicted)))
-            log.warning("table %s lacks %d op configuration(s); predicted: %s", table.name, len(predicted),
-                        ", ".join(predicted))  # fmt: skip
-        self.predicted_keys = predicted
+        self.predicted_keys = sorted(k for k, (_ms, measured) in estimates.items() if not measured)
         self.fixed_ms = sum(estimates[op.key()][0] for op in fixed)
         self.edge_ms = torch.tensor(
             [[0.0 if c is None else estimates[c.key()][0] for c in edge] for edge in edge_configs],

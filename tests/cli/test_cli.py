@@ -2,11 +2,16 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from hwnas.spaces.darts import DARTS_V1, DARTS_V2
+from tests.conftest import ROOT
 
 # on the CPU even where there is a GPU, as tests/conftest.py's tiny configs
 TINY = ["--dataset", "fake", "--image-size", "8", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
@@ -39,6 +44,37 @@ def test_search_train_resume_smoke(cli, tmp_path):
     assert "test accuracy:" in result.stdout and "parameters:" in result.stdout
     assert (train_run / "model.pt").is_file()
     assert json.loads((train_run / "summary.json").read_text())["params"] > 0
+
+
+def _sigint_default():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell starts background jobs with SIGINT ignored
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_ctrl_c_says_once_how_to_continue(cli, tmp_path, nproc):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-search: one line naming the command
+    that continues the run, exit code 130, and that command finishes it."""
+    run = tmp_path / "run"
+    launch = ["--nproc", str(nproc)] if nproc else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with (tmp_path / "stderr").open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "hwnas", "search", *TINY, "--epochs", "100", *launch,
+                                    "--run-dir", str(run)], stderr=stderr, stdout=subprocess.DEVNULL, env=env,
+                                   start_new_session=True, preexec_fn=_sigint_default)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    interrupted = [line for line in lines if line.startswith("hwnas: interrupted")]
+    resume = f"hwnas search --resume {run}{f' --nproc {nproc}' if nproc else ''}"
+    assert interrupted == [f"hwnas: interrupted; continue with: {resume}"] and lines[-1] == interrupted[0], lines
+    assert not any("Traceback" in line or "death signal" in line for line in lines), lines
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    result = cli(*resume.split()[1:], "--epochs", str(done + 1), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == done + 1
 
 
 def test_info_lists_versions_and_backends(cli):
@@ -74,6 +110,7 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["search", "--dataset", "cifar10"], ["needs --data-dir"]),
         (["search", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], ["/no/such/dir does not exist"]),
         (["search", "--target", "mobile", "--latency", "fast"], ["malformed latency 'fast'"]),
+        (["search", "--target", "mobile", "--latency", "-5ms"], ["latency budget must be positive, got '-5ms'"]),
         (
             ["search", "--target", "tflite", "--latency", "50ms", "--measured-repairs", "-1"],
             ["measured repairs must be >= 0, got -1"],

@@ -269,14 +269,23 @@ def test_cli_searches_to_a_budget(cli, tmp_path, synthetic_table, strategy):
 
 def test_budget_above_the_slowest_warns_and_another_resolution_fails(cli, tmp_path, synthetic_table):
     """Above the slowest architecture the constraint is inactive: one warning, and no repair towards the slowest
-    architecture; a table at another resolution than the one asked for is one line and exit 2, nothing written."""
+    architecture; a table lacking entries: one warning naming them; both in the run's log too. A table at another
+    resolution than the one asked for is one line and exit 2, nothing written."""
     from tests.cli.test_cli import _one_line_error
 
     _fastest, slowest = _budget_range(synthetic_table)
-    done = cli("search", "--target", str(synthetic_table.path), "--latency", f"{10 * slowest}ms",
+    dropped = sorted(synthetic_table.entries)[::9]
+    partial = type(synthetic_table)(synthetic_table.metadata,
+                                    {k: e for k, e in synthetic_table.entries.items() if k not in dropped})  # fmt: skip
+    partial.save(tmp_path / "partial_mobile_32.json")
+    done = cli("search", "--target", str(tmp_path / "partial_mobile_32.json"), "--latency", f"{10 * slowest}ms",
                "--latency-input-size", str(SIZE), *MOBILE_TINY, "--run-dir", str(tmp_path / "loose"))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("above the slowest architecture") == 1 and "the constraint is inactive" in done.stderr
+    log_txt = (tmp_path / "loose" / "log.txt").read_text()
+    for output in (done.stderr, log_txt):
+        assert output.count("above the slowest architecture") == 1 and "the constraint is inactive" in output
+        lacks = [line for line in output.splitlines() if f"lacks {len(dropped)} op configuration(s)" in line]
+        assert len(lacks) == 1 and all(key in lacks[0] for key in dropped), output
     assert json.loads((tmp_path / "loose" / "summary.json").read_text())["repairs"] == []
     with pytest.raises(HwnasError, match="latency input size must be >= 1"):
         mobile_config(latency_input_size=0).validate()
