@@ -108,6 +108,10 @@ def width_mult_check(width_mult: float) -> tuple[bool, str]:
             f"width multiplier must lie in (0, {MAX_WIDTH_MULT:g}], got {width_mult}")  # fmt: skip
 
 
+def checkpoint_minutes_check(minutes: float) -> tuple[bool, str]:
+    return non_negative(minutes), f"checkpoint minutes must be >= 0, got {minutes}"
+
+
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # the `device` fields; resolved by hwnas.device.resolve_device
 
 
@@ -194,6 +198,9 @@ class SearchConfig(JsonConfig):
     # available, else cpu; "cpu", "cuda" (this process's GPU), "cuda:N". May change on resume: checkpoints load anywhere
     device: str = "auto"
     sync_bn: bool | None = None  # SyncBatchNorm across processes; None: on for multi-process CUDA runs (CUDA only)
+    # also checkpoint within an epoch this long after the last checkpoint, so a kill loses at most this much of a
+    # long epoch (a DARTS epoch on CIFAR-10 takes hours on a CPU); 0: at epoch ends only. May change on resume
+    checkpoint_minutes: float = 10.0
     log_every: int = 10
 
     @property
@@ -221,6 +228,7 @@ class SearchConfig(JsonConfig):
             (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
             (self.measured_repairs >= 0, f"measured repairs must be >= 0, got {self.measured_repairs}"),
+            checkpoint_minutes_check(self.checkpoint_minutes),
             (self.latency_input_size is None or self.latency_input_size >= 1,
              f"latency input size must be >= 1, got {self.latency_input_size}"),
             (positive(self.w_lr), f"weight learning rate must be positive, got {self.w_lr}"),
@@ -260,6 +268,7 @@ class TrainConfig(JsonConfig):
     cutout: int = 0  # cutout side in pixels, 0 = off
     seed: int = 0
     device: str = "auto"  # as SearchConfig.device: cuda:LOCAL_RANK when CUDA is available, else cpu
+    checkpoint_minutes: float = 10.0  # as SearchConfig.checkpoint_minutes
     log_every: int = 10
 
     def validate(self) -> None:
@@ -278,6 +287,7 @@ class TrainConfig(JsonConfig):
             (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
             (non_negative(self.weight_decay), f"weight decay must be >= 0, got {self.weight_decay}"),
             (non_negative(self.auxiliary_weight), f"auxiliary weight must be >= 0, got {self.auxiliary_weight}"),
+            checkpoint_minutes_check(self.checkpoint_minutes),
             (0 <= self.cutout <= self.data.image_size,
              f"cutout must lie in [0, image size {self.data.image_size}], got {self.cutout}"),
             seed_check(self.seed),

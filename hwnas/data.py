@@ -7,16 +7,26 @@ torchvision (extra `vision`); `fake` is a tiny random set for tests.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 from torch.utils.data.distributed import DistributedSampler
 
 from hwnas.config import FOLDER_DATASETS, DataConfig
@@ -212,9 +222,9 @@ def _order_seed(seed: int, epoch: int) -> int:
 
 
 def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
-                 rank: int = 0, pin_memory: bool = False) -> DataLoader:  # fmt: skip
+                 rank: int = 0, pin_memory: bool = False, skip_batches: int = 0) -> DataLoader:  # fmt: skip
     """Rank `rank`'s share of each global batch of `batch_size` (divisible by `num_replicas`), in pinned memory
-    when `pin_memory` (for asynchronous copies to a GPU).
+    when `pin_memory` (for asynchronous copies to a GPU), from batch `skip_batches` on (a run resumed mid-epoch).
 
     The global order is a permutation seeded by (seed, epoch) alone, so the union of the ranks' shards of a step is
     the one-process step's batch, whatever the world size, and a resume with another world size sees the same
@@ -223,14 +233,29 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
     same size (and each rank runs the same number of steps).
     """
     sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=_order_seed(seed, epoch))
-    return DataLoader(dataset, batch_size=batch_size // num_replicas, sampler=sampler, num_workers=0,
-                      pin_memory=pin_memory)  # fmt: skip
+    batches = SkipBatches(BatchSampler(sampler, batch_size // num_replicas, drop_last=False), skip_batches)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=0, pin_memory=pin_memory)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                pin_memory: bool = False) -> DataLoader:  # fmt: skip
+                pin_memory: bool = False, skip_batches: int = 0) -> DataLoader:  # fmt: skip
     """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned as in
-    `shard_loader`)."""
+    `shard_loader`), from batch `skip_batches` on."""
     generator = torch.Generator().manual_seed(_order_seed(seed, epoch)) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0,
-                      drop_last=False, pin_memory=pin_memory)  # fmt: skip
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    batches = SkipBatches(BatchSampler(sampler, batch_size, drop_last=False), skip_batches)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=0, pin_memory=pin_memory)
+
+
+class SkipBatches(Sampler[list[int]]):
+    """`batches` without their first `skip`: a run resumed mid-epoch goes on with the batch it stopped before,
+    and the skipped ones are never loaded. The DataLoader draws from its generator (or torch's) as without it."""
+
+    def __init__(self, batches: BatchSampler, skip: int = 0):
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)

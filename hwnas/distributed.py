@@ -154,6 +154,16 @@ def average_metrics(row: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank: one int broadcast over gloo (none in a one-process run)."""
+    if world_size() == 1:
+        return flag
+    box = torch.tensor([int(flag)], dtype=torch.int64)
+    with _collective("a broadcast"):
+        dist.broadcast(box, src=0)
+    return bool(box.item())
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if world_size() == 1:

@@ -1,8 +1,10 @@
 """The run directory: config, metrics (JSONL), α history, checkpoints, summary — all written atomically.
 
 A run directory is either fresh, or holds a `config.json` and checkpoints from which `--resume` continues
-exactly where the run stopped. Every file is written to a temporary name and renamed into place, so a run
-killed at any moment leaves either the previous or the new version of each file, never half of one.
+exactly where the run stopped: checkpoints are taken at the end of each epoch, and within one every
+`CheckpointClock.minutes` (a long epoch on a big dataset loses at most that much work to a kill). Every file is
+written to a temporary name and renamed into place, so a run killed at any moment leaves either the previous or
+the new version of each file, never half of one.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import logging
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hwnas import distributed
 from hwnas.errors import HwnasError, first_line_error
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,45 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class CheckpointClock:
+    """Says when a checkpoint is due within an epoch: `minutes` after the last one (0: at epoch ends only).
+
+    Every rank asks at every step and rank 0's clock answers for all (one tiny broadcast), so that they stop at
+    the same step for the collectives a checkpoint needs."""
+
+    def __init__(self, minutes: float):
+        self.minutes = minutes
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        if self.minutes <= 0:  # the same on every rank: no need to ask rank 0
+            return False
+        return distributed.broadcast_flag(time.monotonic() - self.last >= 60.0 * self.minutes)
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
+@dataclass
+class EpochSoFar:
+    """An epoch stopped at a mid-epoch checkpoint: what its loop needs to go on as if it never stopped."""
+
+    epoch: int
+    steps: int  # batches done; the resumed loaders skip them
+    elapsed_s: float  # wall time so far, counted into the epoch's time
+    totals: dict[str, Any]  # the loop's running metric sums (over the ranks: their average)
+    extra: dict[str, Any] = field(default_factory=dict)  # a strategy's own state within the epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "steps": self.steps, "elapsed_s": self.elapsed_s, "totals": self.totals,
+                "extra": self.extra}  # fmt: skip
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any] | None) -> EpochSoFar | None:
+        partial = (state or {}).get("epoch_so_far")
+        return None if partial is None else cls(**partial)
 
 
 class RunDir:

@@ -1,8 +1,9 @@
 """The one search loop: every strategy runs through `run_search`.
 
 Per epoch: fresh loaders whose order depends only on (seed, epoch), `strategy.step` on zipped train/val
-batches, then derive, record and checkpoint atomically. A run stopped at any point resumes from the last
-completed epoch with identical results, since the model, optimisers, RNG state and step counter are restored.
+batches, then derive, record and checkpoint atomically; within an epoch, a checkpoint every
+`cfg.checkpoint_minutes` too. A run stopped at any point resumes from the last checkpoint with identical results,
+since the model, optimisers, RNG state, step counter and the epoch's running metrics are restored.
 
 Under torchrun (`hwnas.distributed`) every rank runs this loop on its shard of each global batch (`shard_loader`)
 and the strategies average their gradients over the ranks; only rank 0 writes the run directory and shows
@@ -28,7 +29,7 @@ from hwnas.config import SearchConfig
 from hwnas.data import check_data, search_splits, shard_loader
 from hwnas.device import memory_format, placement, to_device
 from hwnas.errors import HwnasError
-from hwnas.run import RunDir, rng_state, seed_everything, set_rng_state
+from hwnas.run import CheckpointClock, EpochSoFar, RunDir, rng_state, seed_everything, set_rng_state
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
 
@@ -42,9 +43,15 @@ class SearchResult:
     summary: dict[str, Any]
 
 
-def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for r in rows for k in r}
-    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in sorted(keys)}
+def _add_row(totals: dict[str, dict[str, float]], row: dict[str, float]) -> None:
+    """Count one step's metrics into the epoch's running sums (a metric may be missing from some steps)."""
+    for k, v in row.items():
+        totals["sum"][k] = totals["sum"].get(k, 0.0) + v
+        totals["count"][k] = totals["count"].get(k, 0) + 1
+
+
+def _means(totals: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {k: totals["sum"][k] / totals["count"][k] for k in sorted(totals["sum"])}
 
 
 def check_search_config(cfg: SearchConfig) -> None:
@@ -120,16 +127,19 @@ def run_search(
     alpha_history: list[dict[str, Any]] = []
     start_epoch, wall_s = 0, 0.0
     state = run.load_checkpoint()
+    so_far = EpochSoFar.from_checkpoint(state)
     if state is not None:
         try:
             supernet.load_state_dict(state["supernet"])
             strategy.load_state_dict(state["strategy"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise HwnasError(f"checkpoint in {run.path} does not match this search config: {err}") from None
-        set_rng_state(state["rng"], place.device)
+        if so_far is None:  # else once the epoch's loaders exist, as when it was saved
+            set_rng_state(state["rng"], place.device)
         start_epoch, history, alpha_history = state["epoch"] + 1, state["history"], state["alpha_history"]
         wall_s = state["wall_s"]
-        log.info("resuming %s after epoch %d", run.path, state["epoch"] + 1)
+        log.info("resuming %s after epoch %d%s", run.path, state["epoch"] + 1,
+                 f" and {so_far.steps} steps of the next" if so_far else "")  # fmt: skip
     log.info("search: space=%s strategy=%s dataset=%s (%d train / %d val), %d epochs, %d supernet weights, "
              "%d process(es) on %s%s%s", cfg.space, cfg.strategy, cfg.data.dataset, len(train_set), len(val_set),
              cfg.epochs, sum(p.numel() for p in supernet.weights()), world, place.device,
@@ -140,31 +150,51 @@ def run_search(
 
         log.info("fused mixed op backends: %s", backend_report())
 
+    def checkpoint(epoch: int, so_far: EpochSoFar | None = None) -> None:
+        """Rank 0 saves the search after `epoch` (and, mid-epoch, how far the next one got)."""
+        if main:
+            run.save_checkpoint({"epoch": epoch, "supernet": supernet.state_dict(), "strategy": strategy.state_dict(),
+                                 "rng": rng_state(place.device), "history": history, "alpha_history": alpha_history,
+                                 "wall_s": wall_s, "config": cfg.to_json(),
+                                 "epoch_so_far": so_far and so_far.to_json()})  # fmt: skip
+        clock.reset()
+
+    clock = CheckpointClock(cfg.checkpoint_minutes)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         strategy.start_epoch(epoch)
         supernet.train()
-        train_loader = shard_loader(train_set, cfg.batch_size, cfg.seed, epoch, world, rank, place.pin_memory)
-        val_loader = shard_loader(val_set, cfg.batch_size, cfg.seed + 1, epoch, world, rank, place.pin_memory)
-        rows = []
-        bar = tqdm(zip(train_loader, val_loader), total=min(len(train_loader), len(val_loader)),
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main), leave=False)  # fmt: skip
-        for step, (train_batch, val_batch) in enumerate(bar):
-            rows.append(strategy.step(place.batch(train_batch), place.batch(val_batch)))
-            bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", acc=f"{rows[-1]['train_acc']:.3f}")
+        done, totals = 0, {"sum": {}, "count": {}}
+        if so_far is not None:
+            done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
+            strategy.load_epoch_state(so_far.extra)
+        loaders = [shard_loader(data, cfg.batch_size, cfg.seed + i, epoch, world, rank, place.pin_memory, done)
+                   for i, data in enumerate((train_set, val_set))]  # fmt: skip
+        steps = done + min(len(loader) for loader in loaders)
+        bar = tqdm(zip(*loaders), total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (progress and main), leave=False)  # fmt: skip
+        if so_far is not None:  # the loaders' iterators have drawn, as they had when the checkpoint was saved
+            set_rng_state(state["rng"], place.device)
+            so_far = None
+        for step, (train_batch, val_batch) in enumerate(bar, start=done):
+            row = strategy.step(place.batch(train_batch), place.batch(val_batch))
+            _add_row(totals, row)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}")
             if on_step is not None:
                 on_step(epoch, step)
+            if step + 1 < steps and clock.due():
+                averaged = {"sum": distributed.average_metrics(totals["sum"]), "count": totals["count"]}
+                elapsed_s = time.perf_counter() - t0
+                checkpoint(epoch - 1, EpochSoFar(epoch, step + 1, elapsed_s, averaged, strategy.epoch_state()))
         strategy.end_epoch(epoch)
         genotype = strategy.derive()
         wall_s += time.perf_counter() - t0
-        row = {"epoch": epoch, **distributed.average_metrics(_mean_rows(rows)), **strategy.epoch_metrics(),
+        row = {"epoch": epoch, **distributed.average_metrics(_means(totals)), **strategy.epoch_metrics(),
                "epoch_s": time.perf_counter() - t0, "genotype": genotype.to_json()}  # fmt: skip
         history.append(row)
         alpha_history.append({g: p.detach().cpu().tolist() for g, p in supernet.probabilities().items()})
+        checkpoint(epoch)
         if main:
-            run.save_checkpoint({"epoch": epoch, "supernet": supernet.state_dict(), "strategy": strategy.state_dict(),
-                                 "rng": rng_state(place.device), "history": history, "alpha_history": alpha_history,
-                                 "wall_s": wall_s, "config": cfg.to_json()})  # fmt: skip
             run.write_metrics(history)
             run.write_json("alphas.json", {"groups": _group_labels(supernet), "epochs": alpha_history})
         log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,

@@ -1,5 +1,6 @@
 """Training a derived network from scratch (DARTS, Sec. 3.3): SGD, cosine lr, drop-path ramped linearly,
-optional auxiliary head and cutout; checkpoint per epoch, resumable; test accuracy and parameter count."""
+optional auxiliary head and cutout; checkpoint per epoch (and every `cfg.checkpoint_minutes` within one),
+resumable; test accuracy and parameter count."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hwnas.config import TrainConfig, grad_clip_for
 from hwnas.data import load_splits, make_loader
 from hwnas.device import placement
 from hwnas.errors import HwnasError
-from hwnas.run import RunDir, rng_state, save_torch_atomic, seed_everything, set_rng_state
+from hwnas.run import CheckpointClock, EpochSoFar, RunDir, rng_state, save_torch_atomic, seed_everything, set_rng_state
 from hwnas.schedule import cosine_lr, set_lr
 from hwnas.search import evaluate
 from hwnas.spaces import get_space, load_genotype
@@ -72,6 +73,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
     state = run.load_checkpoint()
+    so_far = EpochSoFar.from_checkpoint(state)
     kept = run.path / "genotype.json"  # written when the run starts: a resume never re-reads cfg.genotype's file
     source = str(kept) if state is not None and kept.is_file() else None
     genotype, model = build_model(cfg, splits.in_channels, splits.num_classes, source)
@@ -90,9 +92,20 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             opt.load_state_dict(state["opt"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise HwnasError(f"checkpoint in {run.path} does not match this network: {err}") from None
-        set_rng_state(state["rng"], place.device)
+        if so_far is None:  # else once the epoch's loader exists, as when it was saved
+            set_rng_state(state["rng"], place.device)
         start_epoch, history, wall_s = state["epoch"] + 1, state["history"], state["wall_s"]
-        log.info("resuming %s after epoch %d", run.path, state["epoch"] + 1)
+        log.info("resuming %s after epoch %d%s", run.path, state["epoch"] + 1,
+                 f" and {so_far.steps} steps of the next" if so_far else "")  # fmt: skip
+
+    clock = CheckpointClock(cfg.checkpoint_minutes)
+
+    def checkpoint(epoch: int, so_far: EpochSoFar | None = None) -> None:
+        """Save the run after `epoch` (and, mid-epoch, how far the next one got)."""
+        run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                             "rng": rng_state(place.device), "history": history, "wall_s": wall_s,
+                             "epoch_so_far": so_far and so_far.to_json()})  # fmt: skip
+        clock.reset()
 
     test_loader = make_loader(splits.test, 256, False, pin_memory=place.pin_memory)
     aug_gen = torch.Generator()
@@ -102,10 +115,18 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
         set_lr(opt, cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
         if hasattr(model, "drop_path_prob"):
             model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
-        loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch)  # not pinned: augment copies
-        total_loss, correct, n = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
+        done, totals = 0, {"loss": 0.0, "correct": 0, "n": 0}  # the epoch's summed loss, correct answers, examples
+        if so_far is not None:
+            done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
+        # not pinned: augment copies
+        loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch, skip_batches=done)
+        steps, batches = done + len(loader), iter(loader)
+        if so_far is not None:  # the loader's iterator has drawn, as it had when the checkpoint was saved
+            set_rng_state(state["rng"], place.device)
+            so_far = None
+        bar = tqdm(batches, total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False)  # fmt: skip
+        for step, (x, y) in enumerate(bar, start=done):
             aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
             x, y = place.batch((augment(x, cfg.cutout, aug_gen), y))  # augmented on the host: alike on any device
             opt.zero_grad(set_to_none=True)
@@ -118,18 +139,19 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-            bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{correct / n:.3f}")
+            totals["loss"] += loss.item() * len(y)
+            totals["correct"] += (logits.argmax(1) == y).sum().item()
+            totals["n"] += len(y)
+            bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")
+            if step + 1 < steps and clock.due():
+                checkpoint(epoch - 1, EpochSoFar(epoch, step + 1, time.perf_counter() - t0, dict(totals)))
         test_loss, test_acc = evaluate(model, test_loader)
         wall_s += time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": total_loss / n, "train_acc": correct / n, "test_loss": test_loss,
-               "test_acc": test_acc, "lr": opt.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0}  # fmt: skip
+        row = {"epoch": epoch, "train_loss": totals["loss"] / totals["n"], "train_acc": totals["correct"] / totals["n"],
+               "test_loss": test_loss, "test_acc": test_acc, "lr": opt.param_groups[0]["lr"],
+               "epoch_s": time.perf_counter() - t0}  # fmt: skip
         history.append(row)
-        run.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                             "rng": rng_state(place.device), "history": history,
-                             "wall_s": wall_s})  # fmt: skip
+        checkpoint(epoch)
         run.write_metrics(history)
         log.info("epoch %d/%d: train_loss=%.4f train_acc=%.4f test_acc=%.4f", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_acc"], test_acc)  # fmt: skip

@@ -113,6 +113,42 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, strategy):
     assert len(resumed.history) == 3
 
 
+@pytest.mark.parametrize("strategy", ["darts", "gdas", "random"])
+def test_killed_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path, strategy):
+    """Checkpoints within an epoch (here after every step): a run killed at its second epoch's third step resumes
+    after the second step, not from the epoch's start, and ends as one that never stopped (α, genotype, every
+    metric; random search's per-candidate counts too)."""
+    reference = _search(tmp_path, "reference", strategy=strategy, batch_size=8)  # 4 steps per epoch
+    stops = []
+
+    def die_at_the_third_step(epoch, step):
+        stops.append((epoch, step))
+        if (epoch, step) == (1, 2):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        _search(
+            tmp_path, "killed", on_step=die_at_the_third_step, strategy=strategy, batch_size=8, checkpoint_minutes=1e-9
+        )
+    state = RunDir(tmp_path / "killed", "search").load_checkpoint()
+    assert state["epoch"] == 0 and state["epoch_so_far"]["epoch"] == 1 and state["epoch_so_far"]["steps"] == 2
+    run, stored = RunDir.open(tmp_path / "killed", "search")
+    stops.clear()
+    resumed = run_search(
+        tiny_search_config().from_json(stored), run, progress=False, on_step=lambda e, s: stops.append((e, s))
+    )
+    assert stops[0] == (1, 2)  # the steps it had done are not done again
+    assert resumed.genotype == reference.genotype
+    for name in ("alphas.json",):
+        assert json.loads((tmp_path / "killed" / name).read_text()) == json.loads(
+            (tmp_path / "reference" / name).read_text()
+        )
+    drop = ("epoch_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in reference.history
+    ]
+
+
 def test_corrupt_or_mismatched_checkpoint_is_a_user_error(tmp_path):
     _search(tmp_path, epochs=1)
     run = RunDir(tmp_path / "run", "search")

@@ -1,5 +1,7 @@
 """`hwnas train`: --width-mult on mobile genotypes, the augmentation, learning, and exact resumption."""
 
+import json
+
 import pytest
 import torch
 
@@ -88,6 +90,11 @@ def test_training_killed_then_resumed_equals_uninterrupted(tmp_path, monkeypatch
         with pytest.raises(_Killed):
             run_train(cfg, killed, progress=False)
     resumed = run_train(cfg, killed, progress=False)
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+def _assert_same_run(tmp_path, straight, resumed):
+    """Runs "straight" and "killed" (resumed) end with bit-identical weights, test figures and per-epoch metrics."""
     weights = [
         torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"] for name in ("straight", "killed")
     ]
@@ -95,3 +102,36 @@ def test_training_killed_then_resumed_equals_uninterrupted(tmp_path, monkeypatch
     for key in weights[0]:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=0, msg=key)
     assert resumed.test_acc == straight.test_acc and resumed.test_loss == straight.test_loss
+    metrics = [[{k: v for k, v in json.loads(line).items() if k != "epoch_s"}
+                for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+               for name in ("straight", "killed")]  # fmt: skip
+    assert metrics[0] == metrics[1]
+
+
+def test_training_killed_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path, monkeypatch):
+    """Checkpoints within an epoch (here after every step): a run killed at its second epoch's third step resumes
+    after the second step, with the drop-path and augmentation draws of one that never stopped."""
+    cfg = tiny_train_config(epochs=2, cutout=3, auxiliary_weight=0.4, drop_path_prob=0.3)  # 4 steps an epoch
+    straight = run_train(cfg, RunDir.create(tmp_path / "straight", "train", cfg.to_json()), progress=False)
+    cfg = cfg.replace(checkpoint_minutes=1e-9)
+    calls = []
+
+    def dies_at_the_seventh_step(x, cutout, generator):
+        calls.append(1)
+        if len(calls) == 7:
+            raise _Killed
+        return augment(x, cutout, generator)
+
+    killed = RunDir.create(tmp_path / "killed", "train", cfg.to_json())
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "augment", dies_at_the_seventh_step)
+        with pytest.raises(_Killed):
+            run_train(cfg, killed, progress=False)
+    state = killed.load_checkpoint()
+    assert state["epoch"] == 0 and (state["epoch_so_far"]["epoch"], state["epoch_so_far"]["steps"]) == (1, 2)
+    calls.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "augment", dies_at_the_seventh_step)
+        resumed = run_train(cfg, killed, progress=False)
+    assert len(calls) == 2  # the two steps left, not the epoch again
+    _assert_same_run(tmp_path, straight, resumed)

@@ -50,6 +50,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, help="random seed (default 0)")
     group.add_argument("--device", help="auto (default: cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda "
                                         "(this process's GPU) or cuda:N; may change on --resume")  # fmt: skip
+    group.add_argument("--checkpoint-minutes", type=float, metavar="M",
+                       help="also checkpoint within an epoch every M minutes (default 10; 0: at epoch ends only); "
+                            "may change on --resume")  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

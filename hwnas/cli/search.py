@@ -33,8 +33,15 @@ FLAGS = {
     "latency_loss": "latency_loss", "latency_lambda": "latency_lambda", "width_mult": "width_mult",
     "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
     "measured_repairs": "measured_repairs", "latency_input_size": "latency_input_size",
+    "checkpoint_minutes": "checkpoint_minutes",
 }  # fmt: skip
-RESUMABLE = ("epochs", "device", "sync_bn", "measured_repairs")  # a resumed run may continue longer, elsewhere
+RESUMABLE = (
+    "epochs",
+    "device",
+    "sync_bn",
+    "measured_repairs",
+    "checkpoint_minutes",
+)  # a resumed run may continue longer, elsewhere
 # flags that only mean something for some configs: given elsewhere, they are a mistake to name, not to ignore
 ONLY_WITH = (
     (("width_mult",), lambda cfg: cfg.space == "mobile", "shapes the mobile space"),

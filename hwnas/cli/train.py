@@ -22,7 +22,9 @@ FLAGS = {
     "genotype": "genotype", "epochs": "epochs", "batch_size": "batch_size", "init_channels": "init_channels",
     "layers": "layers", "lr": "lr", "drop_path_prob": "drop_path_prob", "auxiliary_weight": "auxiliary_weight",
     "cutout": "cutout", "seed": "seed", "width_mult": "width_mult", "grad_clip": "grad_clip", "device": "device",
+    "checkpoint_minutes": "checkpoint_minutes",
 }  # fmt: skip
+RESUMABLE = ("epochs", "device", "checkpoint_minutes")  # a resumed run may continue longer, elsewhere
 
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     check_run_flags(args)
     if args.resume:
         run_dir, stored = RunDir.open(args.resume, "train")
-        cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored), resumable=("epochs", "device"))
+        cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored), resumable=RESUMABLE)
         cfg.validate()
         resolve_device(cfg.device, processes=1)
         run_dir.check_epochs(cfg.epochs)

@@ -89,6 +89,14 @@ class Strategy:
     def end_epoch(self, epoch: int) -> None:
         """After an epoch's last step (random search picks its best candidate here)."""
 
+    def epoch_state(self) -> dict[str, Any]:
+        """What the strategy has gathered within the epoch so far, for a mid-epoch checkpoint: called on every
+        rank (it may all-reduce), and the same on each."""
+        return {}
+
+    def load_epoch_state(self, state: dict[str, Any]) -> None:
+        """Restore `epoch_state` after `start_epoch`, when resuming mid-epoch."""
+
     def step(self, train_batch, val_batch) -> dict[str, float]:
         self.generator.manual_seed(self.cfg.seed * 1_000_003 + self.step_index)
         self.step_index += 1

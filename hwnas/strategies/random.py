@@ -70,12 +70,24 @@ class RandomSearch(Strategy):
         self.val_correct = [0] * len(self.candidates)
         self.val_seen = 0
 
-    def end_epoch(self, epoch: int) -> None:
+    def _summed_counts(self) -> tuple[list[int], int]:
+        """(correct per candidate, examples seen) of the epoch so far, summed over the ranks."""
         counts = torch.tensor([*self.val_correct, self.val_seen], dtype=torch.float64)
-        distributed.sum_([counts], "the val-accuracy all-reduce")  # every rank picks the same best candidate
+        distributed.sum_([counts], "the val-accuracy all-reduce")
         totals = [int(c) for c in counts.tolist()]
-        self.val_correct, self.val_seen = totals[:-1], totals[-1]
+        return totals[:-1], totals[-1]
+
+    def end_epoch(self, epoch: int) -> None:
+        self.val_correct, self.val_seen = self._summed_counts()  # every rank picks the same best candidate
         self.best = max(range(len(self.candidates)), key=lambda i: (self.val_correct[i], -i))
+
+    def epoch_state(self) -> dict:
+        correct, seen = self._summed_counts()
+        return {"val_correct": correct, "val_seen": seen}
+
+    def load_epoch_state(self, state: dict) -> None:
+        if distributed.rank() == 0:  # the others count from zero: the end-of-epoch sum adds them up
+            self.val_correct, self.val_seen = list(state["val_correct"]), state["val_seen"]
 
     def step(self, train_batch, val_batch) -> dict[str, float]:
         (xt, yt), (xv, yv) = train_batch, val_batch

@@ -125,6 +125,7 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["search", "--strategy", "gdas", "--unrolled"], ["--unrolled applies to the darts and pcdarts strategies"]),
         (["search", "--w-lr", "-1"], ["weight learning rate must be positive"]),
         (["search", "--seed", "-1"], ["seed must lie in [0, 2**32)"]),
+        (["train", "--checkpoint-minutes", "-1"], ["checkpoint minutes must be >= 0, got -1.0"]),
         (["search", "--strategy", "random", "--random-samples", "0"], ["random samples must be >= 1"]),
         (["search", "--bogus"], ["unrecognized arguments: --bogus", "hwnas search --help"]),
         (["train", "--init-channels", "0"], ["init channels must be >= 2"]),

@@ -166,6 +166,32 @@ def test_a_killed_process_fails_the_job_and_resume_continues_with_any_world_size
     assert json.loads((killed / "summary.json").read_text())["world_size"] == 1
 
 
+def test_two_processes_killed_within_an_epoch_resume_from_its_checkpoint(tmp_path):
+    """A 2-process random search checkpointing after every step, killed in its second epoch's second step (of 4),
+    resumes there and ends as the run that never stopped: the epoch's metrics and the candidates' val counts so far
+    were summed over the ranks into the checkpoint, and every rank goes on from them."""
+    search = [*TINY, "--batch-size", "8", "--epochs", "2", "--strategy", "random", "--random-samples", "2",
+              "--checkpoint-minutes", "1e-9"]  # fmt: skip
+    reference = _python(str(WORKER), str(tmp_path / "out"), "--", *search, "--run-dir", str(tmp_path / "reference"),
+                        nproc=2)  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = tmp_path / "killed"
+    died = _python(str(WORKER), str(tmp_path / "out"), "--exit-at", "5", "--", *search, "--run-dir", str(killed),
+                   nproc=2)  # fmt: skip
+    assert died.returncode != 0
+    so_far = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch_so_far"]
+    assert (so_far["epoch"], so_far["steps"]) == (1, 1)
+    resumed = _python(str(WORKER), str(tmp_path / "out"), "--", "--resume", str(killed), "--no-progress", nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1 and 1 steps of the next" in (killed / "log.txt").read_text()
+    for name in ("genotype.json", "alphas.json"):
+        assert (killed / name).read_text() == (tmp_path / "reference" / name).read_text(), name
+    metrics = [[{k: v for k, v in json.loads(line).items() if k != "epoch_s"}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("reference", "killed")]  # fmt: skip
+    assert metrics[0] == metrics[1]
+
+
 def test_a_stalled_process_fails_the_job_after_the_timeout(tmp_path):
     run = tmp_path / "run"
     started = time.monotonic()

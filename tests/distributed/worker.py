@@ -1,6 +1,7 @@
 """Test harness around `hwnas search`, run directly (one process) or under torchrun (several).
 
-    python tests/distributed/worker.py OUT [--isolate-bn] [--stall RANK EPOCH] -- SEARCH_ARGS [-- SEARCH_ARGS ...]
+    python tests/distributed/worker.py OUT [--isolate-bn] [--stall RANK EPOCH] [--exit-at STEP]
+                                       -- SEARCH_ARGS [-- SEARCH_ARGS ...]
 
 Joins the process group once, then runs `hwnas search SEARCH_ARGS` for each group of arguments and records, per
 rank, into OUT:
@@ -12,7 +13,9 @@ rank, into OUT:
 
 `--isolate-bn` makes every BatchNorm normalise by its running statistics (mean 0, variance 1, never updated)
 instead of the batch's, so a shard and the whole batch are normalised alike; `--stall RANK EPOCH` makes rank RANK
-sleep at the first step of EPOCH (0-based), as a process that hangs without dying.
+sleep at the first step of EPOCH (0-based), as a process that hangs without dying; `--exit-at STEP` makes rank 0
+exit (code 3, at once) as it starts the search's STEP-th step (0-based, counted over epochs), as a job killed
+there after rank 0 saved what it had done (the launcher then stops the others).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from hwnas import distributed  # noqa: E402
 from hwnas.cli import main  # noqa: E402
+from hwnas.strategies import STRATEGIES  # noqa: E402
 from hwnas.strategies.base import Strategy  # noqa: E402
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -72,6 +76,29 @@ def _stall_at(rank: int, epoch: int) -> None:
     Strategy.step = stalling_step
 
 
+def _exit_at(step_index: int) -> None:
+    """Every strategy's step counts (once, where one calls another's); rank 0 exits at the `step_index`-th."""
+    started = [0, False]  # steps started, inside one
+
+    def counting(step):
+        def counted_step(self, train_batch, val_batch):
+            if started[1]:
+                return step(self, train_batch, val_batch)
+            if started[0] == step_index and distributed.rank() == 0:
+                os._exit(3)
+            started[0], started[1] = started[0] + 1, True
+            try:
+                return step(self, train_batch, val_batch)
+            finally:
+                started[1] = False
+
+        return counted_step
+
+    for cls in {STRATEGIES.get(name) for name in STRATEGIES} | {Strategy}:
+        if "step" in vars(cls):
+            cls.step = counting(cls.step)
+
+
 def _record(records: list[torch.Tensor], supernets: list) -> None:
     """Every optimiser step's gradients into `records`, every supernet a strategy prepares into `supernets`."""
 
@@ -100,6 +127,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--isolate-bn", action="store_true")
     parser.add_argument("--stall", type=int, nargs=2, metavar=("RANK", "EPOCH"))
+    parser.add_argument("--exit-at", type=int, metavar="STEP")
     parser.add_argument("--timeout", type=float, default=60.0, help="--dist-timeout of the searches")
     args = parser.parse_args(groups[0])
     out = args.out.resolve()
@@ -107,6 +135,8 @@ def run(argv: list[str]) -> int:
         _BatchNorm.forward = _fixed_statistics
     if args.stall:
         _stall_at(*args.stall)
+    if args.exit_at is not None:
+        _exit_at(args.exit_at)
     records: list[torch.Tensor] = []
     supernets: list = []
     _record(records, supernets)
