@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, Interrupted
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
@@ -154,14 +154,14 @@ def average_metrics(row: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's `flag` on every rank: one int broadcast over gloo (none in a one-process run)."""
+def broadcast_flags(flags: Sequence[bool]) -> list[bool]:
+    """Rank 0's `flags` on every rank: one small int broadcast over gloo (none in a one-process run)."""
     if world_size() == 1:
-        return flag
-    box = torch.tensor([int(flag)], dtype=torch.int64)
+        return list(flags)
+    box = torch.tensor([int(f) for f in flags], dtype=torch.int64)
     with _collective("a broadcast"):
         dist.broadcast(box, src=0)
-    return bool(box.item())
+    return [bool(v) for v in box.tolist()]
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -205,7 +205,7 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     except SignalException as err:  # the agent stopped the processes on SIGINT / SIGTERM
         if err.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None
-        raise HwnasError(f"stopped by {signal.Signals(err.sigval).name}") from None
+        raise Interrupted(reason=f"stopped by {signal.Signals(err.sigval).name}", exit_code=128 + err.sigval) from None
     finally:
         os.environ.pop(LAUNCHED_BY_HWNAS, None)
         for name, level in levels.items():

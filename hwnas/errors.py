@@ -22,19 +22,25 @@ def first_line_error(what: str, err: BaseException) -> HwnasError:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during work that keeps what it has done; `resume` is the command line that continues it."""
+    """Work stopped before its end that keeps what it has done: by Ctrl-C, or by SIGTERM after a checkpoint.
+    `resume` is the command line that continues it, `exit_code` the process's (128 + the signal)."""
 
-    def __init__(self, resume: str):
-        super().__init__(resume)
-        self.resume = resume
+    def __init__(self, resume: str = "", reason: str = "interrupted", exit_code: int = 130):
+        super().__init__(reason)
+        self.resume, self.reason, self.exit_code = resume, reason, exit_code
+
+    def message(self) -> str:
+        return f"hwnas: {self.reason}{f'; continue with: {self.resume}' if self.resume else ''}"
 
 
 @contextmanager
 def resumable_by(resume: str) -> Iterator[None]:
-    """Ctrl-C inside becomes `Interrupted(resume)`, so the CLI's one line says how to continue."""
+    """Ctrl-C or a stop inside becomes an `Interrupted` naming `resume`, so the CLI's one line says how to
+    continue."""
     try:
         yield
-    except Interrupted:
+    except Interrupted as err:
+        err.resume = err.resume or resume
         raise
     except KeyboardInterrupt:
         raise Interrupted(resume) from None

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import random
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from hwnas import distributed
-from hwnas.errors import HwnasError, first_line_error
+from hwnas.errors import HwnasError, Interrupted, first_line_error
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -91,22 +93,53 @@ def seed_everything(seed: int) -> None:
 
 
 class CheckpointClock:
-    """Says when a checkpoint is due within an epoch: `minutes` after the last one (0: at epoch ends only).
+    """Says, at each step of a training loop, whether to checkpoint now and whether to stop after it.
 
-    Every rank asks at every step and rank 0's clock answers for all (one tiny broadcast), so that they stop at
-    the same step for the collectives a checkpoint needs."""
+    A checkpoint is due `minutes` after the last one (0: at epoch ends only). SIGTERM (a cluster's preemption, a
+    plain `kill`) asks for a checkpoint and a stop at the next step, where the default would kill the process
+    mid-step; a second SIGTERM kills at once. With several ranks, rank 0's answer holds for all (one tiny
+    broadcast per step), so that they checkpoint and stop at the same step: torchrun forwards a SIGTERM to every
+    rank and gives them 30 s before it kills them.
+
+    Use as a context manager around the loop: it holds the SIGTERM handler (main thread only) while the loop runs.
+    """
 
     def __init__(self, minutes: float):
         self.minutes = minutes
         self.last = time.monotonic()
+        self.stop_requested = False
+        self._previous = None
 
-    def due(self) -> bool:
-        if self.minutes <= 0:  # the same on every rank: no need to ask rank 0
-            return False
-        return distributed.broadcast_flag(time.monotonic() - self.last >= 60.0 * self.minutes)
+    def __enter__(self) -> CheckpointClock:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self.stop_requested:  # asked twice: stop now, as without the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.stop_requested = True
+        log.warning("SIGTERM: stopping after a checkpoint at the next step (again: at once)")
+
+    def poll(self) -> tuple[bool, bool]:
+        """(checkpoint now, then stop): rank 0's answer on every rank."""
+        due = self.minutes > 0 and time.monotonic() - self.last >= 60.0 * self.minutes
+        flags = distributed.broadcast_flags([due or self.stop_requested, self.stop_requested])
+        return flags[0], flags[1]
 
     def reset(self) -> None:
         self.last = time.monotonic()
+
+    @staticmethod
+    def stopped() -> Interrupted:
+        """What the loop raises after the checkpoint SIGTERM asked for (the CLI names the command to resume)."""
+        return Interrupted(reason="stopped by SIGTERM after a checkpoint", exit_code=128 + signal.SIGTERM)
 
 
 @dataclass

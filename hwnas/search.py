@@ -160,45 +160,51 @@ def run_search(
         clock.reset()
 
     clock = CheckpointClock(cfg.checkpoint_minutes)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        strategy.start_epoch(epoch)
-        supernet.train()
-        done, totals = 0, {"sum": {}, "count": {}}
-        if so_far is not None:
-            done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
-            strategy.load_epoch_state(so_far.extra)
-        loaders = [shard_loader(data, cfg.batch_size, cfg.seed + i, epoch, world, rank, place.pin_memory, done)
-                   for i, data in enumerate((train_set, val_set))]  # fmt: skip
-        steps = done + min(len(loader) for loader in loaders)
-        bar = tqdm(zip(*loaders), total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (progress and main), leave=False)  # fmt: skip
-        if so_far is not None:  # the loaders' iterators have drawn, as they had when the checkpoint was saved
-            set_rng_state(state["rng"], place.device)
-            so_far = None
-        for step, (train_batch, val_batch) in enumerate(bar, start=done):
-            row = strategy.step(place.batch(train_batch), place.batch(val_batch))
-            _add_row(totals, row)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}")
-            if on_step is not None:
-                on_step(epoch, step)
-            if step + 1 < steps and clock.due():
-                averaged = {"sum": distributed.average_metrics(totals["sum"]), "count": totals["count"]}
-                elapsed_s = time.perf_counter() - t0
-                checkpoint(epoch - 1, EpochSoFar(epoch, step + 1, elapsed_s, averaged, strategy.epoch_state()))
-        strategy.end_epoch(epoch)
-        genotype = strategy.derive()
-        wall_s += time.perf_counter() - t0
-        row = {"epoch": epoch, **distributed.average_metrics(_means(totals)), **strategy.epoch_metrics(),
-               "epoch_s": time.perf_counter() - t0, "genotype": genotype.to_json()}  # fmt: skip
-        history.append(row)
-        alpha_history.append({g: p.detach().cpu().tolist() for g, p in supernet.probabilities().items()})
-        checkpoint(epoch)
-        if main:
-            run.write_metrics(history)
-            run.write_json("alphas.json", {"groups": _group_labels(supernet), "epochs": alpha_history})
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))  # fmt: skip
+    with clock:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            strategy.start_epoch(epoch)
+            supernet.train()
+            done, totals = 0, {"sum": {}, "count": {}}
+            if so_far is not None:
+                done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
+                strategy.load_epoch_state(so_far.extra)
+            loaders = [shard_loader(data, cfg.batch_size, cfg.seed + i, epoch, world, rank, place.pin_memory, done)
+                       for i, data in enumerate((train_set, val_set))]  # fmt: skip
+            steps = done + min(len(loader) for loader in loaders)
+            bar = tqdm(zip(*loaders), total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (progress and main), leave=False)  # fmt: skip
+            if so_far is not None:  # the loaders' iterators have drawn, as they had when the checkpoint was saved
+                set_rng_state(state["rng"], place.device)
+                so_far = None
+            for step, (train_batch, val_batch) in enumerate(bar, start=done):
+                row = strategy.step(place.batch(train_batch), place.batch(val_batch))
+                _add_row(totals, row)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}")
+                if on_step is not None:
+                    on_step(epoch, step)
+                save, stop = clock.poll() if step + 1 < steps else (False, False)  # else the epoch's end saves
+                if save:
+                    averaged = {"sum": distributed.average_metrics(totals["sum"]), "count": totals["count"]}
+                    elapsed_s = time.perf_counter() - t0
+                    checkpoint(epoch - 1, EpochSoFar(epoch, step + 1, elapsed_s, averaged, strategy.epoch_state()))
+                if stop:
+                    raise clock.stopped()
+            strategy.end_epoch(epoch)
+            genotype = strategy.derive()
+            wall_s += time.perf_counter() - t0
+            row = {"epoch": epoch, **distributed.average_metrics(_means(totals)), **strategy.epoch_metrics(),
+                   "epoch_s": time.perf_counter() - t0, "genotype": genotype.to_json()}  # fmt: skip
+            history.append(row)
+            alpha_history.append({g: p.detach().cpu().tolist() for g, p in supernet.probabilities().items()})
+            checkpoint(epoch)
+            if main:
+                run.write_metrics(history)
+                run.write_json("alphas.json", {"groups": _group_labels(supernet), "epochs": alpha_history})
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))  # fmt: skip
+            if epoch + 1 < cfg.epochs and clock.poll()[1]:
+                raise clock.stopped()
 
     genotype = strategy.derive()
     summary = {"final": history[-1] if history else {}, "wall_s": wall_s, "epochs": cfg.epochs, "space": cfg.space,

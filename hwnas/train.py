@@ -109,52 +109,59 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
 
     test_loader = make_loader(splits.test, 256, False, pin_memory=place.pin_memory)
     aug_gen = torch.Generator()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        set_lr(opt, cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
-        if hasattr(model, "drop_path_prob"):
-            model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
-        done, totals = 0, {"loss": 0.0, "correct": 0, "n": 0}  # the epoch's summed loss, correct answers, examples
-        if so_far is not None:
-            done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
-        # not pinned: augment copies
-        loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch, skip_batches=done)
-        steps, batches = done + len(loader), iter(loader)
-        if so_far is not None:  # the loader's iterator has drawn, as it had when the checkpoint was saved
-            set_rng_state(state["rng"], place.device)
-            so_far = None
-        bar = tqdm(batches, total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False)  # fmt: skip
-        for step, (x, y) in enumerate(bar, start=done):
-            aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
-            x, y = place.batch((augment(x, cfg.cutout, aug_gen), y))  # augmented on the host: alike on any device
-            opt.zero_grad(set_to_none=True)
-            out = model(x)
-            logits, aux = out if isinstance(out, tuple) else (out, None)
-            loss = F.cross_entropy(logits, y)
-            if aux is not None:
-                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            totals["loss"] += loss.item() * len(y)
-            totals["correct"] += (logits.argmax(1) == y).sum().item()
-            totals["n"] += len(y)
-            bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")
-            if step + 1 < steps and clock.due():
-                checkpoint(epoch - 1, EpochSoFar(epoch, step + 1, time.perf_counter() - t0, dict(totals)))
-        test_loss, test_acc = evaluate(model, test_loader)
-        wall_s += time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": totals["loss"] / totals["n"], "train_acc": totals["correct"] / totals["n"],
-               "test_loss": test_loss, "test_acc": test_acc, "lr": opt.param_groups[0]["lr"],
-               "epoch_s": time.perf_counter() - t0}  # fmt: skip
-        history.append(row)
-        checkpoint(epoch)
-        run.write_metrics(history)
-        log.info("epoch %d/%d: train_loss=%.4f train_acc=%.4f test_acc=%.4f", epoch + 1, cfg.epochs,
-                 row["train_loss"], row["train_acc"], test_acc)  # fmt: skip
+    with clock:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            set_lr(opt, cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
+            if hasattr(model, "drop_path_prob"):
+                model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+            done, totals = 0, {"loss": 0.0, "correct": 0, "n": 0}  # the epoch's summed loss, correct answers, examples
+            if so_far is not None:
+                done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
+            # not pinned: augment copies
+            loader = make_loader(splits.train, cfg.batch_size, True, cfg.seed, epoch, skip_batches=done)
+            steps, batches = done + len(loader), iter(loader)
+            if so_far is not None:  # the loader's iterator has drawn, as it had when the checkpoint was saved
+                set_rng_state(state["rng"], place.device)
+                so_far = None
+            bar = tqdm(batches, total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                       leave=False)  # fmt: skip
+            for step, (x, y) in enumerate(bar, start=done):
+                aug_gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)
+                x, y = place.batch((augment(x, cfg.cutout, aug_gen), y))  # augmented on the host: alike on any device
+                opt.zero_grad(set_to_none=True)
+                out = model(x)
+                logits, aux = out if isinstance(out, tuple) else (out, None)
+                loss = F.cross_entropy(logits, y)
+                if aux is not None:
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                totals["loss"] += loss.item() * len(y)
+                totals["correct"] += (logits.argmax(1) == y).sum().item()
+                totals["n"] += len(y)
+                train_loss, train_acc = totals["loss"] / totals["n"], totals["correct"] / totals["n"]
+                bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}")
+                save, stop = clock.poll() if step + 1 < steps else (False, False)  # else the epoch's end saves
+                if save:
+                    checkpoint(epoch - 1, EpochSoFar(epoch, step + 1, time.perf_counter() - t0, dict(totals)))
+                if stop:
+                    raise clock.stopped()
+            test_loss, test_acc = evaluate(model, test_loader)
+            wall_s += time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                   "test_acc": test_acc, "lr": opt.param_groups[0]["lr"],
+                   "epoch_s": time.perf_counter() - t0}  # fmt: skip
+            history.append(row)
+            checkpoint(epoch)
+            run.write_metrics(history)
+            log.info("epoch %d/%d: train_loss=%.4f train_acc=%.4f test_acc=%.4f", epoch + 1, cfg.epochs,
+                     row["train_loss"], row["train_acc"], test_acc)  # fmt: skip
+            if epoch + 1 < cfg.epochs and clock.poll()[1]:
+                raise clock.stopped()
 
     test_loss, test_acc = evaluate(model, test_loader)
     save_torch_atomic(run.path / "model.pt", {"genotype": genotype.to_json(), "config": cfg.to_json(),

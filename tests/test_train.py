@@ -1,11 +1,14 @@
 """`hwnas train`: --width-mult on mobile genotypes, the augmentation, learning, and exact resumption."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
 from hwnas import train as train_module
+from hwnas.errors import Interrupted
 from hwnas.run import RunDir
 from hwnas.train import augment, build_model, count_parameters, run_train
 from tests.conftest import tiny_train_config
@@ -134,4 +137,30 @@ def test_training_killed_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(t
         patch.setattr(train_module, "augment", dies_at_the_seventh_step)
         resumed = run_train(cfg, killed, progress=False)
     assert len(calls) == 2  # the two steps left, not the epoch again
+    _assert_same_run(tmp_path, straight, resumed)
+
+
+def test_sigterm_stops_training_after_a_checkpoint_at_the_next_step(tmp_path, monkeypatch):
+    """SIGTERM at the first epoch's second step: the step finishes, a checkpoint saves it, the run stops (exit code
+    143 for the CLI) and its resume ends as the run that never stopped; the handler is gone after the run."""
+    cfg = tiny_train_config(epochs=2, cutout=3, auxiliary_weight=0.4, drop_path_prob=0.3)
+    straight = run_train(cfg, RunDir.create(tmp_path / "straight", "train", cfg.to_json()), progress=False)
+    calls = []
+
+    def sigterm_at_the_second_step(x, cutout, generator):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return augment(x, cutout, generator)
+
+    killed = RunDir.create(tmp_path / "killed", "train", cfg.to_json())
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "augment", sigterm_at_the_second_step)
+        with pytest.raises(Interrupted) as stopped:
+            run_train(cfg, killed, progress=False)
+    assert stopped.value.exit_code == 143 and "SIGTERM" in stopped.value.reason and len(calls) == 2
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    state = killed.load_checkpoint()
+    assert state["epoch"] == -1 and (state["epoch_so_far"]["epoch"], state["epoch_so_far"]["steps"]) == (0, 2)
+    resumed = run_train(cfg, killed, progress=False)
     _assert_same_run(tmp_path, straight, resumed)

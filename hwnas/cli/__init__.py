@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         from hwnas.distributed import reports_interrupt
 
+        stop = err if isinstance(err, Interrupted) else Interrupted()
         if reports_interrupt():
-            print(f"hwnas: interrupted{f'; continue with: {err.resume}' if isinstance(err, Interrupted) else ''}",
-                  file=sys.stderr)  # fmt: skip
-        return 130
+            print(stop.message(), file=sys.stderr)
+        return stop.exit_code
     except BrokenPipeError:  # stdout closed early (`hwnas targets | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -51,9 +51,11 @@ def _sigint_default():
 
 
 @pytest.mark.parametrize("nproc", [None, 2])
-def test_ctrl_c_says_once_how_to_continue(cli, tmp_path, nproc):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-search: one line naming the command
-    that continues the run, exit code 130, and that command finishes it."""
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_a_stopped_search_says_once_how_to_continue(cli, tmp_path, nproc, how):
+    """Mid-search, Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the process
+    started, as `kill` or a cluster's preemption sends it): one line naming the command that continues the run,
+    exit code 128 + the signal, and that command finishes it. SIGTERM stops at the next step after a checkpoint."""
     run = tmp_path / "run"
     launch = ["--nproc", str(nproc)] if nproc else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -64,13 +66,23 @@ def test_ctrl_c_says_once_how_to_continue(cli, tmp_path, nproc):
         deadline = time.monotonic() + 120
         while not (run / "metrics.jsonl").is_file() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        signalled = time.time()
+        if how == "ctrl_c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
     lines = (tmp_path / "stderr").read_text().splitlines()
-    interrupted = [line for line in lines if line.startswith("hwnas: interrupted")]
     resume = f"hwnas search --resume {run}{f' --nproc {nproc}' if nproc else ''}"
-    assert interrupted == [f"hwnas: interrupted; continue with: {resume}"] and lines[-1] == interrupted[0], lines
+    reason = {"ctrl_c": "interrupted", "sigterm": "stopped by SIGTERM"}[how]
+    if how == "sigterm" and not nproc:  # the process itself says it checkpointed (a launcher cannot know)
+        reason += " after a checkpoint"
+    stopped = [line for line in lines if line.startswith("hwnas: ")]
+    assert stopped == [f"hwnas: {reason}; continue with: {resume}"] and lines[-1] == stopped[0], lines
+    assert code == {"ctrl_c": 130, "sigterm": 143}[how]
     assert not any("Traceback" in line or "death signal" in line for line in lines), lines
+    if how == "sigterm":  # saved when told to stop, not only at the last epoch's end
+        assert (run / "checkpoint.pt").stat().st_mtime >= signalled
     done = len((run / "metrics.jsonl").read_text().splitlines())
     result = cli(*resume.split()[1:], "--epochs", str(done + 1), "--no-progress")
     assert result.returncode == 0, result.stderr
