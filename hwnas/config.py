@@ -17,7 +17,10 @@ C = TypeVar("C", bound="JsonConfig")
 
 
 class JsonConfig:
-    """Mixin: to_json / from_json for a dataclass; unknown keys are an error, missing keys take defaults."""
+    """Mixin: to_json / from_json for a dataclass; unknown keys are an error, missing keys take defaults, and keys
+    of fields an earlier hwnas had (`RETIRED`) are dropped, so the runs it wrote still resume."""
+
+    RETIRED: typing.ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -26,6 +29,7 @@ class JsonConfig:
     def from_json(cls: type[C], data: dict[str, Any]) -> C:
         if not isinstance(data, dict):
             raise HwnasError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k not in cls.RETIRED}
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -201,7 +205,8 @@ class SearchConfig(JsonConfig):
     # also checkpoint within an epoch this long after the last checkpoint, so a kill loses at most this much of a
     # long epoch (a DARTS epoch on CIFAR-10 takes hours on a CPU); 0: at epoch ends only. May change on resume
     checkpoint_minutes: float = 10.0
-    log_every: int = 10
+
+    RETIRED = frozenset({"log_every"})  # never read by any version
 
     @property
     def arch_lr(self) -> float:
@@ -269,7 +274,8 @@ class TrainConfig(JsonConfig):
     seed: int = 0
     device: str = "auto"  # as SearchConfig.device: cuda:LOCAL_RANK when CUDA is available, else cpu
     checkpoint_minutes: float = 10.0  # as SearchConfig.checkpoint_minutes
-    log_every: int = 10
+
+    RETIRED = frozenset({"log_every"})  # never read by any version
 
     def validate(self) -> None:
         self.data.validate()

@@ -19,6 +19,14 @@ def test_json_round_trip():
     assert TrainConfig.from_json(train.to_json()) == train
 
 
+def test_configs_written_by_earlier_versions_still_load():
+    """A run directory of an earlier hwnas (its `log_every` field, gone since) still resumes; mid-epoch checkpoints
+    came later, so such a run takes the default."""
+    for cls in (SearchConfig, TrainConfig):
+        old = {k: v for k, v in cls().to_json().items() if k != "checkpoint_minutes"}
+        assert cls.from_json({**old, "log_every": 10}) == cls()
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
