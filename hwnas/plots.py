@@ -1,7 +1,10 @@
-"""PNG plots for a run directory: derived cells and α over epochs (matplotlib, headless)."""
+"""PNG plots for a run directory: derived cells, α and the metrics over epochs (matplotlib, headless)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
+log = logging.getLogger(__name__)
 _OP_COLOURS = {
     "skip_connect": "tab:gray", "max_pool_3x3": "tab:blue", "avg_pool_3x3": "tab:cyan",
     "sep_conv_3x3": "tab:orange", "sep_conv_5x5": "tab:red", "dil_conv_3x3": "tab:green",
@@ -84,6 +88,49 @@ def plot_alpha_history(alpha_history: list[dict], labels: dict[str, list[str]], 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+_METRIC_PANELS = (  # title, y label, the history's keys drawn (those a run has)
+    ("loss", "cross-entropy", ("train_loss", "val_loss", "test_loss")),
+    ("accuracy", "accuracy", ("train_acc", "val_acc", "test_acc", "best_candidate_val_acc")),
+    ("latency", "ms", ("expected_latency_ms", "argmax_latency_ms")),
+)
+
+
+def plot_metrics(history: list[dict], path: str | Path, budget_ms: float | None = None,
+                 derived: dict[str, float] | None = None) -> Path:  # fmt: skip
+    """Per epoch of a search or training run: its losses, accuracies and, in a hardware-aware search, the expected
+    latency E[LAT] and the argmax architecture's against the budget, with the derived architecture's latencies
+    (`derived`: label -> ms, e.g. after the budget repair, and measured) at the last epoch."""
+    panels = [(title, unit, [k for k in keys if any(k in row for row in history)])
+              for title, unit, keys in _METRIC_PANELS]  # fmt: skip
+    panels = [panel for panel in panels if panel[2]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (title, unit, keys) in zip(axes[0], panels):
+        for key in keys:
+            epochs, values = zip(*[(row["epoch"] + 1, row[key]) for row in history if key in row])
+            ax.plot(epochs, values, marker="o", ms=3, label=key)
+        if title == "latency" and budget_ms is not None:
+            ax.axhline(budget_ms, color="black", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
+        for (label, ms), marker in zip((derived or {}).items() if title == "latency" else (), "*Ds"):
+            ax.plot([history[-1]["epoch"] + 1], [ms], marker=marker, ms=9, ls="none", label=f"{label} {ms:.1f} ms")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+@contextmanager
+def best_effort() -> Iterator[None]:
+    """Plots drawn at the end of a run: one that fails is a warning, never a failed run."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - whatever matplotlib raises
+        log.warning("could not draw plots: %s", err)
 
 
 _KERNEL_COLOURS = {3: "#8dd3c7", 5: "#fdb462", 7: "#fb8072"}

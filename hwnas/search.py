@@ -219,7 +219,7 @@ def run_search(
     if main:
         genotype.save(run.path / "genotype.json")
         run.write_json("summary.json", summary)
-        _plots(run, genotype, alpha_history, supernet)
+        _plots(run, genotype, history, alpha_history, supernet, summary)
     return SearchResult(genotype, history, summary)
 
 
@@ -373,14 +373,15 @@ def _group_labels(supernet) -> dict[str, list[str]]:
     return {g: list(supernet.group_edges(g)[0].names) for g in supernet.alpha_groups() if supernet.group_edges(g)}
 
 
-def _plots(run: RunDir, genotype, alpha_history, supernet) -> None:
+def _plots(run: RunDir, genotype, history, alpha_history, supernet, summary: dict[str, Any]) -> None:
     from hwnas import plots
 
-    try:
+    derived = {label: summary[key] for label, key in (("derived", "predicted_latency_ms"),
+               ("derived, measured", "measured_latency_ms")) if summary.get(key) is not None}  # fmt: skip
+    with plots.best_effort():
         plots.plot_genotype(genotype, run.path)
         plots.plot_alpha_history(alpha_history, _group_labels(supernet), run.path / "alphas.png")
-    except Exception as err:  # noqa: BLE001 - a failed plot must not fail a finished search
-        log.warning("could not draw plots: %s", err)
+        plots.plot_metrics(history, run.path / "metrics.png", summary.get("latency_budget_ms"), derived)
 
 
 def evaluate(model: torch.nn.Module, loader) -> tuple[float, float]:

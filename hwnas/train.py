@@ -171,5 +171,9 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
                "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed,
                "device": str(place.device)}  # fmt: skip
     run.write_json("summary.json", summary)
+    from hwnas import plots
+
+    with plots.best_effort():
+        plots.plot_metrics(history, run.path / "metrics.png")
     log.info("test accuracy %.4f (%d parameters), weights in %s", test_acc, params, run.path / "model.pt")
     return TrainResult(test_acc, test_loss, params, summary)

@@ -20,7 +20,7 @@ def test_one_search_epoch_writes_the_run_directory(tmp_path):
     result = _search(tmp_path, epochs=1)
     run = tmp_path / "run"
     for name in ("config.json", "genotype.json", "metrics.jsonl", "alphas.json", "checkpoint.pt", "summary.json",
-                 "log.txt", "cell_normal.png", "cell_reduce.png", "alphas.png"):  # fmt: skip
+                 "log.txt", "cell_normal.png", "cell_reduce.png", "alphas.png", "metrics.png"):  # fmt: skip
         assert (run / name).is_file(), name
     assert json.loads((run / "genotype.json").read_text()) == result.genotype.to_json()
     summary = json.loads((run / "summary.json").read_text())
@@ -29,6 +29,21 @@ def test_one_search_epoch_writes_the_run_directory(tmp_path):
     os.umask(umask)
     for name in ("config.json", "checkpoint.pt", "metrics.jsonl"):  # written atomically, yet as open() would
         assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_metric_plots_draw_a_latency_panel_for_hardware_aware_runs(tmp_path):
+    """Loss and accuracy per epoch always; E[LAT], the argmax architecture's latency and the budget when a search
+    has them (a third panel of the same size)."""
+    from PIL import Image
+
+    from hwnas.plots import plot_metrics
+
+    rows = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_loss": 2.1 / (e + 1), "train_acc": 0.3 * e,
+             "val_acc": 0.25 * e} for e in range(3)]  # fmt: skip
+    plain = Image.open(plot_metrics(rows, tmp_path / "plain.png", budget_ms=80.0)).size
+    timed = [{**r, "expected_latency_ms": 90.0 - e, "argmax_latency_ms": 85.0 - 2 * e} for e, r in enumerate(rows)]
+    aware = Image.open(plot_metrics(timed, tmp_path / "aware.png", 80.0, {"derived": 78.0})).size
+    assert aware[1] == plain[1] and aware[0] == pytest.approx(1.5 * plain[0], abs=2)
 
 
 def _alphas(run) -> list[torch.Tensor]:

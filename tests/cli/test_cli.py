@@ -42,7 +42,7 @@ def test_search_train_resume_smoke(cli, tmp_path):
                  str(train_run))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "test accuracy:" in result.stdout and "parameters:" in result.stdout
-    assert (train_run / "model.pt").is_file()
+    assert (train_run / "model.pt").is_file() and (train_run / "metrics.png").is_file()
     assert json.loads((train_run / "summary.json").read_text())["params"] > 0
 
 

@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 WORKER = Path(__file__).with_name("worker.py")
 RUN_FILES = ["alphas.json", "alphas.png", "cell_normal.png", "cell_reduce.png", "checkpoint.pt", "config.json",
-             "genotype.json", "log.txt", "metrics.jsonl", "summary.json"]  # fmt: skip
+             "genotype.json", "log.txt", "metrics.jsonl", "metrics.png", "summary.json"]  # fmt: skip
 SEARCHES = {  # name -> flags: every way a strategy reaches its gradients; 2 epochs of 2 steps on the tiny supernet
     "darts": [], "darts_unrolled": ["--unrolled"], "pcdarts": ["--strategy", "pcdarts", "--pc-k", "2"],
     "gdas": ["--strategy", "gdas"],
