@@ -26,6 +26,7 @@ from hwnas.errors import HwnasError, Interrupted
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
+FAREWELL_TIMEOUT_S = 3600.0  # bounds the wait for rank 0 at the end where no launcher stops a job whose rank 0 died
 LAUNCHED_BY_HWNAS = "HWNAS_LAUNCHED"  # set in the processes `launch` starts: their launcher speaks for them
 
 
@@ -88,13 +89,27 @@ def session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
             torch.cuda.set_device(env_local_rank())
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        # for `leave_together`: rank 0 alone may spend minutes timing the derived network after the search
+        _farewell.append(dist.new_group(backend="gloo", timeout=timedelta(seconds=max(timeout_s, FAREWELL_TIMEOUT_S))))
     except (RuntimeError, ValueError) as err:
         raise HwnasError(f"cannot join the process group: {_first_line(err)}") from None
     log.debug("rank %d of %d joined the %s process group", rank(), world_size(), backend)
     try:
         yield
     finally:
+        _farewell.clear()
         dist.destroy_process_group()
+
+
+_farewell: list = []  # the group `leave_together` waits in, while a session is open
+
+
+def leave_together() -> None:
+    """Wait until every rank has finished its work before a successful run leaves the group: a rank that tore
+    down its gloo connections while rank 0 still worked aborted now and then (SIGABRT, torch 2.13)."""
+    if _active() and _farewell:
+        with _collective("the last barrier"):
+            dist.barrier(group=_farewell[0])
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,7 +11,9 @@ import importlib.util
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 
 from hwnas.errors import HwnasError, Interrupted
 
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    previous = _stop_on_sigterm()
     try:
         return int(args.run(args) or 0)
     except HwnasError as err:
@@ -84,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (`hwnas targets | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm():
+    """SIGTERM raises `Interrupted` (exit code 143) instead of killing the process where it stands, so that what
+    is open closes: the processes a command started, temporary files. A run's training loop asks for more
+    (`hwnas.run.CheckpointClock`: a checkpoint first). Returns the handler it replaced (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise Interrupted(reason="stopped by SIGTERM", exit_code=128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

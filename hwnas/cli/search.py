@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         under_torchrun = " (under torchrun, as before)" if distributed.world_size() > 1 else ""
         with resumable_by(f"hwnas search --resume {shlex.quote(str(run_dir.path))}{under_torchrun}"):
             result = run_search(cfg, run_dir, progress=not args.no_progress)
+        distributed.leave_together()
     if not main:
         return 0
     final = result.summary.get("final", {})

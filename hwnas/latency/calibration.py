@@ -15,6 +15,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
+import pickle
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +86,65 @@ def combine_rounds(measurements) -> TableEntry:
 
 
 def in_fresh_process(fn, *args):
-    """`fn(*args)` in a freshly spawned process (picklable arguments and result); its exception is raised here."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """`fn(*args)` in a freshly spawned process (picklable arguments and result); its exception is raised here.
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
-        return fresh.submit(fn, *args).result()
+    The process never outlives this call: an exception here (Ctrl-C, SIGTERM) terminates it, and it exits by
+    itself once its parent is gone (killed outright), rather than go on measuring into a table, and timing
+    against whatever runs next, as an orphan."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_send_result, args=(sender, os.getpid(), fn, args), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        ok, value = results.recv()
+    except EOFError:
+        raise HwnasError(f"the measuring process died ({_exit_status(process)})") from None
+    finally:
+        if process.is_alive():  # interrupted here: as Ctrl-C would, so that it cleans up (its locks, its files)
+            os.kill(process.pid, signal.SIGINT)
+            process.join(STOP_GRACE_S)
+        if process.is_alive():
+            process.terminate()
+        process.join()
+        results.close()
+    if not ok:
+        raise value
+    return value
+
+
+def _exit_status(process) -> str:
+    process.join()
+    code = process.exitcode
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+def _send_result(sender, parent_pid: int, fn, args) -> None:
+    """In the fresh process: `fn(*args)` or its exception into `sender`, while a thread watches the parent."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where it was started with SIGINT ignored
+    threading.Thread(target=_exit_without, args=(parent_pid,), daemon=True).start()
+    try:
+        result = (True, fn(*args))
+    except BaseException as err:  # noqa: BLE001 - raised again in the parent
+        result = (False, err)
+    try:
+        sender.send(result)
+    except (pickle.PicklingError, TypeError, AttributeError) as err:  # an unpicklable result or exception
+        sender.send((False, HwnasError(f"{type(result[1]).__name__} from the measuring process: {err}")))
+    sender.close()
+
+
+PARENT_POLL_S = 0.5
+STOP_GRACE_S = 10.0  # how long an interrupted measuring process has to stop before it is terminated
+
+
+def _exit_without(parent_pid: int) -> None:
+    """Exit this process once `parent_pid` is no longer its parent (the parent died; the process was adopted)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def _measure_with(options: dict[str, Any], network: CalibrationNetwork):

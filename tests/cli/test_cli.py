@@ -79,10 +79,10 @@ def test_a_stopped_search_says_once_how_to_continue(cli, tmp_path, nproc, how):
         reason += " after a checkpoint"
     stopped = [line for line in lines if line.startswith("hwnas: ")]
     assert stopped == [f"hwnas: {reason}; continue with: {resume}"] and lines[-1] == stopped[0], lines
-    assert code == {"ctrl_c": 130, "sigterm": 143}[how]
+    assert code == {"ctrl_c": 130, "sigterm": 143}[how], lines
     assert not any("Traceback" in line or "death signal" in line for line in lines), lines
-    if how == "sigterm":  # saved when told to stop, not only at the last epoch's end
-        assert (run / "checkpoint.pt").stat().st_mtime >= signalled
+    if how == "sigterm":  # saved when told to stop, not only at the last epoch's end (mtimes lag a clock tick)
+        assert (run / "checkpoint.pt").stat().st_mtime >= signalled - 0.05, lines
     done = len((run / "metrics.jsonl").read_text().splitlines())
     result = cli(*resume.split()[1:], "--epochs", str(done + 1), "--no-progress")
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,12 @@
 """The per-network correction: the fit, and the architectures it is measured on."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +15,7 @@ from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.latency.calibration import calibration_networks, fit_network_correction, measure_in_fresh_processes
 from hwnas.latency.catalogue import space_op_configs
+from tests.conftest import ROOT
 
 DARTS = SearchConfig(init_channels=4, layers=3, primitives=("skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
 
@@ -69,3 +77,55 @@ def test_a_network_is_timed_in_fresh_processes():
     if not torch.cuda.is_available():
         with pytest.raises(HwnasError, match="CUDA"):
             measure_in_fresh_processes(network, {"device": "gpu"}, rounds=1)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # exited, not yet reaped
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the measuring process through /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_profile_leaves_no_measuring_process_behind(tmp_path, stop):
+    """`hwnas profile` measures each round in a fresh process. SIGTERM to the command: one line naming how to
+    continue, exit code 143, the round's process stopped; SIGKILL (no chance to clean up): the round's process
+    notices its parent is gone and exits rather than go on measuring into the table as an orphan."""
+    out = tmp_path / "cpu.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = subprocess.Popen([sys.executable, "-m", "hwnas", "profile", "--device", "cpu", "--out", str(out),
+                                "--no-progress"], stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    measuring = []
+    while not measuring and time.monotonic() < deadline:  # the round's process (spawn also starts a tracker)
+        measuring = [p for p in _children(command.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        time.sleep(0.2)
+    assert measuring, "no measuring process started"
+    time.sleep(2)  # it is measuring now
+    command.send_signal(stop)
+    _stdout, stderr = command.communicate(timeout=60)
+    assert _gone(measuring[0], timeout_s=10), "the measuring process outlived the command"
+    if stop == signal.SIGTERM:
+        assert command.returncode == 143 and "Traceback" not in stderr, stderr
+        assert stderr.strip().splitlines()[-1] == (
+            f"hwnas: stopped by SIGTERM; continue with: the same command ({out} keeps what was measured)"
+        )
