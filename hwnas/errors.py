@@ -1,4 +1,5 @@
-"""The one exception type for errors a user can cause; the CLI prints its message and exits with code 2."""
+"""The exceptions the CLI turns into one line: `HwnasError` (a user's mistake, exit code 2) and `Interrupted`
+(work stopped by Ctrl-C or SIGTERM, with the command that continues it)."""
 
 import re
 from collections.abc import Iterator
