@@ -9,6 +9,7 @@ the new version of each file, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -153,8 +154,7 @@ class EpochSoFar:
     extra: dict[str, Any] = field(default_factory=dict)  # a strategy's own state within the epoch
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "steps": self.steps, "elapsed_s": self.elapsed_s, "totals": self.totals,
-                "extra": self.extra}  # fmt: skip
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any] | None) -> EpochSoFar | None:
