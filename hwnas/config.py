@@ -254,6 +254,9 @@ class SearchConfig(JsonConfig):
         check_all(checks)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # what `hwnas train --precision` takes
+
+
 @dataclass(frozen=True)
 class TrainConfig(JsonConfig):
     genotype: str = "DARTS_V2"  # a published genotype name, or a genotype JSON file
@@ -273,7 +276,11 @@ class TrainConfig(JsonConfig):
     cutout: int = 0  # cutout side in pixels, 0 = off
     seed: int = 0
     device: str = "auto"  # as SearchConfig.device: cuda:LOCAL_RANK when CUDA is available, else cpu
+    sync_bn: bool | None = None  # as SearchConfig.sync_bn
     checkpoint_minutes: float = 10.0  # as SearchConfig.checkpoint_minutes
+    # "bf16" or "fp16": forward and backward under torch.autocast (fp16 with a gradient scaler), weights and optimiser
+    # state in fp32: fast where the hardware has the type (GPUs; CPUs with AMX or AVX-512 BF16). May change on resume
+    precision: str = "fp32"
 
     RETIRED = frozenset({"log_every"})  # never read by any version
 
@@ -294,6 +301,7 @@ class TrainConfig(JsonConfig):
             (non_negative(self.weight_decay), f"weight decay must be >= 0, got {self.weight_decay}"),
             (non_negative(self.auxiliary_weight), f"auxiliary weight must be >= 0, got {self.auxiliary_weight}"),
             checkpoint_minutes_check(self.checkpoint_minutes),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (0 <= self.cutout <= self.data.image_size,
              f"cutout must lie in [0, image size {self.data.image_size}], got {self.cutout}"),
             seed_check(self.seed),

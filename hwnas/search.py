@@ -27,7 +27,7 @@ from tqdm import tqdm
 from hwnas import distributed
 from hwnas.config import SearchConfig
 from hwnas.data import check_data, search_splits, shard_loader
-from hwnas.device import memory_format, placement, to_device
+from hwnas.device import memory_format, placement
 from hwnas.errors import HwnasError
 from hwnas.run import CheckpointClock, EpochSoFar, RunDir, rng_state, seed_everything, set_rng_state
 from hwnas.spaces import get_space
@@ -382,18 +382,3 @@ def _plots(run: RunDir, genotype, history, alpha_history, supernet, summary: dic
         plots.plot_genotype(genotype, run.path)
         plots.plot_alpha_history(alpha_history, _group_labels(supernet), run.path / "alphas.png")
         plots.plot_metrics(history, run.path / "metrics.png", summary.get("latency_budget_ms"), derived)
-
-
-def evaluate(model: torch.nn.Module, loader) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` in eval mode over `loader`, on the device of its parameters."""
-    model.eval()
-    device = next(model.parameters()).device
-    total_loss, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            total_loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-    return total_loss / max(n, 1), correct / max(n, 1)

@@ -218,9 +218,10 @@ def test_train_epoch_on_cuda_then_resume_on_the_cpu(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_two_processes_on_two_gpus_with_sync_bn(cli, tmp_path):
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_two_processes_on_two_gpus_with_sync_bn(cli, tmp_path, command):
     run = tmp_path / "run"
-    result = cli("search", *TINY, "--device", "auto", "--epochs", "1", "--nproc", "2", "--run-dir", str(run))
+    result = cli(command, *TINY, "--device", "auto", "--epochs", "1", "--nproc", "2", "--run-dir", str(run))
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["device"] == str(CUDA0)

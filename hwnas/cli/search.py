@@ -1,29 +1,23 @@
 """hwnas search: DARTS, PC-DARTS, GDAS, ProxylessNAS or random search on a supernet, optionally to a latency
-budget on a named target."""
+budget on a named target; in one process or data-parallel in several (`--nproc`, torchrun)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import shlex
 
-from hwnas import distributed
+from hwnas.cli import parallel
 from hwnas.cli.common import (
     add_data_arguments,
     add_run_arguments,
     build_config,
     check_run_flags,
-    default_run_dir,
     parse_latency_ms,
     quiet_exporters,
     refuse_unless,
 )
 from hwnas.config import SearchConfig
-from hwnas.device import placement
-from hwnas.errors import HwnasError, resumable_by
+from hwnas.errors import HwnasError
 from hwnas.run import RunDir
-
-log = logging.getLogger(__name__)
 
 FLAGS = {
     "space": "space", "strategy": "strategy", "epochs": "epochs", "batch_size": "batch_size",
@@ -85,47 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "measured latency when it lands outside [0.9 T, T]; 0 = measure only")  # fmt: skip
     add_data_arguments(parser)
     add_run_arguments(parser)
-    dist = parser.add_argument_group("distributed search (also: torchrun --nproc_per_node N -m hwnas search ...)")
-    dist.add_argument("--nproc", type=int, metavar="N",
-                      help="data-parallel search in N processes on this host (torch's elastic launcher); "
-                           "--batch-size stays the global batch")  # fmt: skip
-    dist.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
-                      help="synchronise BatchNorm statistics over the processes (SyncBatchNorm; CUDA only). "
-                           "Default: on when several processes run on CUDA")  # fmt: skip
-    dist.add_argument("--dist-timeout", type=_positive_seconds, default=distributed.DEFAULT_TIMEOUT_S,
-                      metavar="SECONDS", help="how long a process waits for the others before the job fails "
-                                              "(default %(default)g)")  # fmt: skip
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+    parallel.add_arguments(parser, "search", "search")
 
 
 def run(args: argparse.Namespace) -> int:
     from hwnas.search import run_search
 
-    if args.nproc is not None:
-        return _launch(args)
-    cfg, path = _config(args, distributed.env_world_size())
     quiet_exporters()  # a search on a host runtime's table exports the derived network to time it
-    with distributed.session(args.dist_timeout):
-        main = distributed.is_main()
-        if not main:
-            logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the job
-        path = distributed.broadcast_object(path or default_run_dir("search"))  # one timestamp for all ranks
-        run_dir = _write_run(args, cfg, path) if main else RunDir(path, "search")
-        under_torchrun = " (under torchrun, as before)" if distributed.world_size() > 1 else ""
-        with resumable_by(f"hwnas search --resume {shlex.quote(str(run_dir.path))}{under_torchrun}"):
-            result = run_search(cfg, run_dir, progress=not args.no_progress)
-        distributed.leave_together()
-    if not main:
+    done = parallel.run("search", args, _config, lambda cfg, run_dir: run_search(cfg, run_dir, not args.no_progress))
+    if done is None:  # another rank, or the launcher of --nproc's processes: their rank 0 reported
         return 0
+    cfg, run_dir, result = done
     final = result.summary.get("final", {})
     print(f"genotype: {run_dir.path / 'genotype.json'}")
     print(f"search: {cfg.epochs} epochs in {result.summary['wall_s']:.0f} s, "
@@ -157,36 +121,5 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[SearchConfig, str
         for names, applies, what in ONLY_WITH:
             refuse_unless(applies(cfg), {f"--{n.replace('_', '-')}": getattr(args, n) for n in names}, what)
     check_search_config(cfg)
-    distributed.check_batch_size(cfg.batch_size, processes)
-    # under torchrun this process's own device; for --nproc N the last process's, so that every one has a GPU
-    placement(cfg.device, cfg.sync_bn, processes, None if distributed.env_world_size() > 1 else processes - 1)
+    parallel.check_processes(cfg, processes)
     return cfg, args.resume or args.run_dir
-
-
-def _write_run(args: argparse.Namespace, cfg: SearchConfig, path) -> RunDir:
-    """Create the run directory (or record the resumed run's config); rank 0 or the launcher only."""
-    if args.resume:
-        run_dir, _stored = RunDir.open(path, "search")
-        run_dir.write_json("config.json", {"kind": "search", "config": cfg.to_json()})
-        return run_dir
-    return RunDir.create(path, "search", cfg.to_json())
-
-
-def _launch(args: argparse.Namespace) -> int:
-    """`--nproc N`: write the run directory here, then start N processes that continue it (`--resume`)."""
-    if distributed.env_world_size() > 1:
-        raise HwnasError("--nproc starts the processes itself; leave it out under torchrun")
-    if args.nproc < 1:
-        raise HwnasError(f"--nproc must be >= 1, got {args.nproc}")
-    cfg, path = _config(args, args.nproc)
-    run_dir = _write_run(args, cfg, path or default_run_dir("search"))
-    log.info("starting %d processes for %s", args.nproc, run_dir.path)
-    argv = ["-m", "hwnas", *(["-v"] if args.verbose else []), "search", "--resume", str(run_dir.path),
-            "--dist-timeout", str(args.dist_timeout), *(["--no-progress"] if args.no_progress else [])]  # fmt: skip
-    resume = f"hwnas search --resume {shlex.quote(str(run_dir.path))} --nproc {args.nproc}"
-    try:
-        with resumable_by(resume):
-            distributed.launch(args.nproc, argv)
-    except HwnasError as err:
-        raise HwnasError(f"{err}; continue from the last checkpoint with: {resume}") from None
-    return 0

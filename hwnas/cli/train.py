@@ -1,30 +1,24 @@
-"""hwnas train: train a derived network (a genotype file or a published one) from scratch."""
+"""hwnas train: train a derived network (a genotype file or a published one) from scratch, in one process or
+data-parallel in several (`--nproc`, torchrun)."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from hwnas.cli.common import (
-    add_data_arguments,
-    add_run_arguments,
-    build_config,
-    check_run_flags,
-    default_run_dir,
-    refuse_unless,
-)
-from hwnas.config import TrainConfig
-from hwnas.device import resolve_device
-from hwnas.errors import HwnasError, resumable_by
+from hwnas.cli import parallel
+from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, check_run_flags, refuse_unless
+from hwnas.config import PRECISIONS, TrainConfig
+from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 
 FLAGS = {
     "genotype": "genotype", "epochs": "epochs", "batch_size": "batch_size", "init_channels": "init_channels",
     "layers": "layers", "lr": "lr", "drop_path_prob": "drop_path_prob", "auxiliary_weight": "auxiliary_weight",
     "cutout": "cutout", "seed": "seed", "width_mult": "width_mult", "grad_clip": "grad_clip", "device": "device",
-    "checkpoint_minutes": "checkpoint_minutes",
+    "checkpoint_minutes": "checkpoint_minutes", "sync_bn": "sync_bn", "precision": "precision",
 }  # fmt: skip
-RESUMABLE = ("epochs", "device", "checkpoint_minutes")  # a resumed run may continue longer, elsewhere
+# a resumed run may continue longer, elsewhere, in another precision
+RESUMABLE = ("epochs", "device", "sync_bn", "checkpoint_minutes", "precision")
 
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,28 +39,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-path-prob", type=float, help="final drop-path probability (default 0.1)")
     parser.add_argument("--auxiliary-weight", type=float, help="> 0 adds the auxiliary head (DARTS: 0.4)")
     parser.add_argument("--cutout", type=int, help="cutout side in pixels (default 0: off)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="fp32 (default), or mixed precision: bf16 or fp16 autocast, weights in fp32 (for GPUs, "
+                             "and bf16 for CPUs with AMX or AVX-512 BF16); may change on --resume")  # fmt: skip
     add_data_arguments(parser)
     add_run_arguments(parser)
+    parallel.add_arguments(parser, "train", "training")
 
 
 def run(args: argparse.Namespace) -> int:
     from hwnas.train import run_train
 
+    done = parallel.run("train", args, _config, lambda cfg, run_dir: run_train(cfg, run_dir, not args.no_progress))
+    if done is None:  # another rank, or the launcher of --nproc's processes: their rank 0 reported
+        return 0
+    _cfg, run_dir, result = done
+    print(f"test accuracy: {result.test_acc:.4f}")
+    print(f"parameters: {result.params}")
+    print(f"weights: {run_dir.path / 'model.pt'}")
+    return 0
+
+
+def _config(args: argparse.Namespace, processes: int) -> tuple[TrainConfig, str | None]:
+    """The training config and run directory the flags ask for, checked before anything is written."""
     check_run_flags(args)
     if args.resume:
-        run_dir, stored = RunDir.open(args.resume, "train")
+        run_dir, stored = RunDir.open(args.resume, "train", log_to_file=False)
         cfg = build_config(TrainConfig, args, FLAGS, base=TrainConfig.from_json(stored), resumable=RESUMABLE)
         cfg.validate()
-        resolve_device(cfg.device, processes=1)
         run_dir.check_epochs(cfg.epochs)
-        run_dir.write_json("config.json", {"kind": "train", "config": cfg.to_json()})
     else:
         cfg = build_config(TrainConfig, args, FLAGS)
         from hwnas.data import check_data
         from hwnas.spaces import load_genotype
 
         cfg.validate()
-        resolve_device(cfg.device, processes=1)
         check_data(cfg.data)
         if args.train_portion is not None:
             raise HwnasError("--train-portion splits a search's data; training uses the whole train split")
@@ -78,10 +85,5 @@ def run(args: argparse.Namespace) -> int:
                       "--layers": args.layers, "--drop-path-prob": args.drop_path_prob}  # fmt: skip
         refuse_unless(genotype.space == "darts", darts_only,
                       f"shapes DARTS networks; genotype {cfg.genotype} is for space {genotype.space!r}")  # fmt: skip
-        run_dir = RunDir.create(args.run_dir or default_run_dir("train"), "train", cfg.to_json())
-    with resumable_by(f"hwnas train --resume {shlex.quote(str(run_dir.path))}"):
-        result = run_train(cfg, run_dir, progress=not args.no_progress)
-    print(f"test accuracy: {result.test_acc:.4f}")
-    print(f"parameters: {result.params}")
-    print(f"weights: {run_dir.path / 'model.pt'}")
-    return 0
+    parallel.check_processes(cfg, processes)
+    return cfg, args.resume or args.run_dir

@@ -50,17 +50,20 @@ def _sigint_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell starts background jobs with SIGINT ignored
 
 
-@pytest.mark.parametrize("nproc", [None, 2])
-@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
-def test_a_stopped_search_says_once_how_to_continue(cli, tmp_path, nproc, how):
-    """Mid-search, Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the process
+@pytest.mark.parametrize(
+    "command,how,nproc",
+    [("search", "ctrl_c", None), ("search", "sigterm", None), ("search", "ctrl_c", 2), ("search", "sigterm", 2),
+     ("train", "ctrl_c", 2), ("train", "sigterm", 2)],
+)  # fmt: skip
+def test_a_stopped_run_says_once_how_to_continue(cli, tmp_path, command, how, nproc):
+    """Mid-run, Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the process
     started, as `kill` or a cluster's preemption sends it): one line naming the command that continues the run,
     exit code 128 + the signal, and that command finishes it. SIGTERM stops at the next step after a checkpoint."""
     run = tmp_path / "run"
     launch = ["--nproc", str(nproc)] if nproc else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with (tmp_path / "stderr").open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "hwnas", "search", *TINY, "--epochs", "100", *launch,
+        process = subprocess.Popen([sys.executable, "-m", "hwnas", command, *TINY, "--epochs", "100", *launch,
                                     "--run-dir", str(run)], stderr=stderr, stdout=subprocess.DEVNULL, env=env,
                                    start_new_session=True, preexec_fn=_sigint_default)  # fmt: skip
         deadline = time.monotonic() + 120
@@ -73,7 +76,7 @@ def test_a_stopped_search_says_once_how_to_continue(cli, tmp_path, nproc, how):
             process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
     lines = (tmp_path / "stderr").read_text().splitlines()
-    resume = f"hwnas search --resume {run}{f' --nproc {nproc}' if nproc else ''}"
+    resume = f"hwnas {command} --resume {run}{f' --nproc {nproc}' if nproc else ''}"
     reason = {"ctrl_c": "interrupted", "sigterm": "stopped by SIGTERM"}[how]
     if how == "sigterm" and not nproc:  # the process itself says it checkpointed (a launcher cannot know)
         reason += " after a checkpoint"
@@ -143,6 +146,7 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["train", "--init-channels", "0"], ["init channels must be >= 2"]),
         (["train", "--lr", "nan"], ["learning rate must be positive"]),
         (["train", "--cutout", "-5"], ["cutout must lie in [0, image size 32]"]),
+        (["train", "--precision", "fp8"], ["--precision", "invalid choice: 'fp8'"]),
         (["search", "--width-mult", "0.5"], ["--width-mult shapes the mobile space"]),
         (["train", "--train-portion", "0.3"], ["--train-portion splits a search's data"]),
         (

@@ -1,7 +1,8 @@
-"""Data-parallel search on CPU: two processes over gloo on loopback against one, faults, and the up-front checks.
+"""Data-parallel search and training on CPU: two processes over gloo on loopback against one, faults, and the
+up-front checks.
 
-The two-process runs go through torchrun (`tests/distributed/worker.py` wraps `hwnas search` to record
-gradients) and through `hwnas search --nproc 2`.
+The two-process runs go through torchrun (`tests/distributed/worker.py` wraps `hwnas search` and `hwnas train`
+to record gradients) and through `hwnas search --nproc 2` and `hwnas train --nproc 2`.
 """
 
 import json
@@ -23,6 +24,10 @@ from tests.conftest import ROOT
 WORKER = Path(__file__).with_name("worker.py")
 RUN_FILES = ["alphas.json", "alphas.png", "cell_normal.png", "cell_reduce.png", "checkpoint.pt", "config.json",
              "genotype.json", "log.txt", "metrics.jsonl", "metrics.png", "summary.json"]  # fmt: skip
+TRAIN_FILES = ["checkpoint.pt", "config.json", "genotype.json", "log.txt", "metrics.jsonl", "metrics.png", "model.pt",
+               "summary.json"]  # fmt: skip
+# 2 epochs of 4 steps (64 examples, batch 16), translated and cut out, with the auxiliary head
+TRAINING = [*TINY, "--genotype", "DARTS_V1", "--epochs", "2", "--cutout", "3", "--auxiliary-weight", "0.4"]
 SEARCHES = {  # name -> flags: every way a strategy reaches its gradients; 2 epochs of 2 steps on the tiny supernet
     "darts": [], "darts_unrolled": ["--unrolled"], "pcdarts": ["--strategy", "pcdarts", "--pc-k", "2"],
     "gdas": ["--strategy", "gdas"],
@@ -70,7 +75,7 @@ def test_two_processes_step_with_the_one_process_gradients(tmp_path):
     for nproc in (1, 2):
         argv = [str(WORKER), str(tmp_path / f"out{nproc}"), "--isolate-bn"]
         for name, flags in SEARCHES.items():
-            argv += ["--", *TINY, "--epochs", "2", *flags, "--run-dir", str(tmp_path / f"{name}-{nproc}")]
+            argv += ["--", "search", *TINY, "--epochs", "2", *flags, "--run-dir", str(tmp_path / f"{name}-{nproc}")]
         result = _python(*argv, nproc=None if nproc == 1 else nproc)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[nproc] = [torch.load(tmp_path / f"out{nproc}" / f"rank0-run{i}.pt") for i in range(len(SEARCHES))]
@@ -91,15 +96,47 @@ def test_two_processes_step_with_the_one_process_gradients(tmp_path):
     assert json.loads((tmp_path / "out2" / "rank0-writes.json").read_text())  # the audit sees rank 0's writes
 
 
-def test_batch_size_and_process_flags_are_checked_before_anything_starts(cli, tmp_path):
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_with_the_one_process_gradients(tmp_path):
+    """With BatchNorm isolated and drop-path off (its masks are drawn per process), every optimiser step of a
+    2-process training run uses the 1-process run's gradients, each rank's shard augmented (translation, cutout) as
+    its samples are in the whole batch; both ranks end as one model, the metrics and the test accuracy (each rank
+    tests its share of the test split) agree, and rank 1 writes nothing."""
+    grads = {}
+    for nproc in (1, 2):
+        result = _python(str(WORKER), str(tmp_path / f"out{nproc}"), "--isolate-bn", "--", "train", *TRAINING,
+                         "--drop-path-prob", "0", "--run-dir", str(tmp_path / f"train-{nproc}"),
+                         nproc=None if nproc == 1 else nproc)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        grads[nproc] = torch.load(tmp_path / f"out{nproc}" / "rank0-run0.pt")["grads"]
+    assert len(grads[1]) == len(grads[2]) == 8
+    for step, (a, b) in enumerate(zip(grads[1], grads[2])):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * a.abs().max(), step
+    ranks = [torch.load(tmp_path / "out2" / f"rank{r}-run0.pt") for r in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["grads"], ranks[1]["grads"]))
+    assert all(torch.equal(ranks[0]["final"][k], ranks[1]["final"][k]) for k in ranks[0]["final"])
+    for one, two in zip(_metrics(tmp_path / "train-1"), _metrics(tmp_path / "train-2"), strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert two[key] == pytest.approx(one[key], rel=1e-4), (key, one, two)
+    assert json.loads((tmp_path / "train-2" / "summary.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in (tmp_path / "train-2").iterdir()) == TRAIN_FILES
+    assert json.loads((tmp_path / "out2" / "rank1-writes.json").read_text()) == []
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_batch_size_and_process_flags_are_checked_before_anything_starts(cli, tmp_path, command):
     run = tmp_path / "run"
-    _one_line_error(cli("search", *TINY, "--batch-size", "15", "--nproc", "2", "--run-dir", str(run)),
+    _one_line_error(cli(command, *TINY, "--batch-size", "15", "--nproc", "2", "--run-dir", str(run)),
                     "--batch-size 15", "2 processes")  # fmt: skip
-    _one_line_error(cli("search", *TINY, "--nproc", "0", "--run-dir", str(run)), "--nproc")
-    _one_line_error(cli("search", *TINY, "--dist-timeout", "0", "--run-dir", str(run)), "--dist-timeout")
+    _one_line_error(cli(command, *TINY, "--nproc", "0", "--run-dir", str(run)), "--nproc")
+    _one_line_error(cli(command, *TINY, "--dist-timeout", "0", "--run-dir", str(run)), "--dist-timeout")
+    _one_line_error(cli(command, *TINY, "--sync-bn", "--nproc", "2", "--run-dir", str(run)), "--sync-bn needs CUDA")
     # under torchrun the world size is known from the environment before the process group is joined
     env = {**_env(), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    result = subprocess.run([sys.executable, "-m", "hwnas", "search", *TINY, "--batch-size", "15", "--run-dir",
+    result = subprocess.run([sys.executable, "-m", "hwnas", command, *TINY, "--batch-size", "15", "--run-dir",
                              str(run)], capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     _one_line_error(result, "--batch-size 15")
     assert not run.exists()
@@ -172,16 +209,17 @@ def test_two_processes_killed_within_an_epoch_resume_from_its_checkpoint(tmp_pat
     were summed over the ranks into the checkpoint, and every rank goes on from them."""
     search = [*TINY, "--batch-size", "8", "--epochs", "2", "--strategy", "random", "--random-samples", "2",
               "--checkpoint-minutes", "1e-9"]  # fmt: skip
-    reference = _python(str(WORKER), str(tmp_path / "out"), "--", *search, "--run-dir", str(tmp_path / "reference"),
-                        nproc=2)  # fmt: skip
+    reference = _python(str(WORKER), str(tmp_path / "out"), "--", "search", *search, "--run-dir",
+                        str(tmp_path / "reference"), nproc=2)  # fmt: skip
     assert reference.returncode == 0, reference.stderr[-3000:]
     killed = tmp_path / "killed"
-    died = _python(str(WORKER), str(tmp_path / "out"), "--exit-at", "5", "--", *search, "--run-dir", str(killed),
-                   nproc=2)  # fmt: skip
+    died = _python(str(WORKER), str(tmp_path / "out"), "--exit-at", "5", "--", "search", *search, "--run-dir",
+                   str(killed), nproc=2)  # fmt: skip
     assert died.returncode != 0
     so_far = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch_so_far"]
     assert (so_far["epoch"], so_far["steps"]) == (1, 1)
-    resumed = _python(str(WORKER), str(tmp_path / "out"), "--", "--resume", str(killed), "--no-progress", nproc=2)
+    resumed = _python(str(WORKER), str(tmp_path / "out"), "--", "search", "--resume", str(killed), "--no-progress",
+                      nproc=2)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1 and 1 steps of the next" in (killed / "log.txt").read_text()
     for name in ("genotype.json", "alphas.json"):
@@ -192,10 +230,36 @@ def test_two_processes_killed_within_an_epoch_resume_from_its_checkpoint(tmp_pat
     assert metrics[0] == metrics[1]
 
 
+def test_two_processes_training_killed_within_an_epoch_resumes_from_its_checkpoint(tmp_path):
+    """A 2-process training run (cutout, auxiliary head, drop-path) checkpointing after every step, killed at its
+    second epoch's second step, resumes there and ends as the run that never stopped: the same weights, bit for bit,
+    and the same per-epoch metrics (the epoch's running sums were averaged over the ranks into the checkpoint)."""
+    training = [*TRAINING, "--drop-path-prob", "0.3", "--checkpoint-minutes", "1e-9"]
+    out = str(tmp_path / "out")
+    reference = _python(str(WORKER), out, "--", "train", *training, "--run-dir", str(tmp_path / "reference"), nproc=2)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = tmp_path / "killed"
+    died = _python(str(WORKER), out, "--exit-at", "5", "--", "train", *training, "--run-dir", str(killed), nproc=2)
+    assert died.returncode != 0
+    so_far = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch_so_far"]
+    assert (so_far["epoch"], so_far["steps"]) == (1, 1)
+    resumed = _python(str(WORKER), out, "--", "train", "--resume", str(killed), "--no-progress", nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1 and 1 steps of the next" in (killed / "log.txt").read_text()
+    weights = [torch.load(tmp_path / run / "model.pt", weights_only=True)["state_dict"]
+               for run in ("reference", "killed")]  # fmt: skip
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=0, msg=key)
+    metrics = [[{k: v for k, v in row.items() if k != "epoch_s"} for row in _metrics(tmp_path / run)]
+               for run in ("reference", "killed")]  # fmt: skip
+    assert metrics[0] == metrics[1]
+
+
 def test_a_stalled_process_fails_the_job_after_the_timeout(tmp_path):
     run = tmp_path / "run"
     started = time.monotonic()
-    result = _python(str(WORKER), str(tmp_path / "out"), "--stall", "1", "1", "--timeout", "3", "--", *TINY,
+    result = _python(str(WORKER), str(tmp_path / "out"), "--stall", "1", "1", "--timeout", "3", "--", "search", *TINY,
                      "--epochs", "3", "--run-dir", str(run), nproc=2, timeout=120)  # fmt: skip
     assert result.returncode != 0
     assert time.monotonic() - started < 90

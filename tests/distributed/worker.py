@@ -1,20 +1,21 @@
-"""Test harness around `hwnas search`, run directly (one process) or under torchrun (several).
+"""Test harness around `hwnas search` and `hwnas train`, run directly (one process) or under torchrun (several).
 
     python tests/distributed/worker.py OUT [--isolate-bn] [--stall RANK EPOCH] [--exit-at STEP]
-                                       -- SEARCH_ARGS [-- SEARCH_ARGS ...]
+                                       -- COMMAND ARGS [-- COMMAND ARGS ...]
 
-Joins the process group once, then runs `hwnas search SEARCH_ARGS` for each group of arguments and records, per
-rank, into OUT:
+Joins the process group once, then runs `hwnas COMMAND ARGS` (search or train) for each group of arguments and
+records, per rank, into OUT:
 
 - `rank{r}-run{i}.pt`: the gradients every optimiser step of run i used (a global optimiser step pre-hook, so
-  after the all-reduce and the clipping) and the final supernet weights and α of rank r;
+  after the all-reduce and the clipping) and the final weights of rank r's network (a search's supernet, with α;
+  the network a training run trains);
 - `rank{r}-writes.json`: every file rank r opened for writing, created, renamed or removed below OUT's parent
   other than in OUT (only rank 0 may write the run directory).
 
 `--isolate-bn` makes every BatchNorm normalise by its running statistics (mean 0, variance 1, never updated)
 instead of the batch's, so a shard and the whole batch are normalised alike; `--stall RANK EPOCH` makes rank RANK
 sleep at the first step of EPOCH (0-based), as a process that hangs without dying; `--exit-at STEP` makes rank 0
-exit (code 3, at once) as it starts the search's STEP-th step (0-based, counted over epochs), as a job killed
+exit (code 3, at once) as it starts the run's STEP-th step (0-based, counted over epochs), as a job killed
 there after rank 0 saved what it had done (the launcher then stops the others).
 """
 
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from hwnas import distributed  # noqa: E402
+from hwnas import train as train_module  # noqa: E402
 from hwnas.cli import main  # noqa: E402
 from hwnas.strategies import STRATEGIES  # noqa: E402
 from hwnas.strategies.base import Strategy  # noqa: E402
@@ -77,18 +79,19 @@ def _stall_at(rank: int, epoch: int) -> None:
 
 
 def _exit_at(step_index: int) -> None:
-    """Every strategy's step counts (once, where one calls another's); rank 0 exits at the `step_index`-th."""
+    """Every strategy's step and every training step counts (once, where one calls another's); rank 0 exits at
+    the `step_index`-th."""
     started = [0, False]  # steps started, inside one
 
     def counting(step):
-        def counted_step(self, train_batch, val_batch):
+        def counted_step(*args):
             if started[1]:
-                return step(self, train_batch, val_batch)
+                return step(*args)
             if started[0] == step_index and distributed.rank() == 0:
                 os._exit(3)
             started[0], started[1] = started[0] + 1, True
             try:
-                return step(self, train_batch, val_batch)
+                return step(*args)
             finally:
                 started[1] = False
 
@@ -97,10 +100,12 @@ def _exit_at(step_index: int) -> None:
     for cls in {STRATEGIES.get(name) for name in STRATEGIES} | {Strategy}:
         if "step" in vars(cls):
             cls.step = counting(cls.step)
+    train_module.augment = counting(train_module.augment)  # once per training step, as it starts
 
 
-def _record(records: list[torch.Tensor], supernets: list) -> None:
-    """Every optimiser step's gradients into `records`, every supernet a strategy prepares into `supernets`."""
+def _record(records: list[torch.Tensor], networks: list) -> None:
+    """Every optimiser step's gradients into `records`; every supernet a strategy prepares and every network a
+    training run builds into `networks`."""
 
     def hook(optimizer, args, kwargs) -> None:
         grads = [p.grad.reshape(-1) for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -110,10 +115,18 @@ def _record(records: list[torch.Tensor], supernets: list) -> None:
     prepare = Strategy.prepare
 
     def remembering_prepare(self, supernet) -> None:
-        supernets.append(supernet)
+        networks.append(supernet)
         prepare(self, supernet)
 
     Strategy.prepare = remembering_prepare
+    build_model = train_module.build_model
+
+    def remembering_build_model(*args, **kwargs):
+        genotype, model = build_model(*args, **kwargs)
+        networks.append(model)  # moved to its device in place
+        return genotype, model
+
+    train_module.build_model = remembering_build_model
 
 
 def run(argv: list[str]) -> int:
@@ -128,7 +141,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--isolate-bn", action="store_true")
     parser.add_argument("--stall", type=int, nargs=2, metavar=("RANK", "EPOCH"))
     parser.add_argument("--exit-at", type=int, metavar="STEP")
-    parser.add_argument("--timeout", type=float, default=60.0, help="--dist-timeout of the searches")
+    parser.add_argument("--timeout", type=float, default=60.0, help="--dist-timeout of the runs")
     args = parser.parse_args(groups[0])
     out = args.out.resolve()
     if args.isolate_bn:
@@ -138,17 +151,17 @@ def run(argv: list[str]) -> int:
     if args.exit_at is not None:
         _exit_at(args.exit_at)
     records: list[torch.Tensor] = []
-    supernets: list = []
-    _record(records, supernets)
+    networks: list = []
+    _record(records, networks)
     writes: list[str] = []
     _audit_writes(out.parent, out, writes)
     code = 0
     with distributed.session(args.timeout):
         rank = distributed.rank()
-        for i, search in enumerate(groups[1:]):
+        for i, command in enumerate(groups[1:]):
             records.clear()
-            code = main(["search", *search, "--dist-timeout", str(args.timeout)]) or code
-            final = {k: v.detach().clone() for k, v in supernets[-1].state_dict().items()}
+            code = main([*command, "--dist-timeout", str(args.timeout)]) or code
+            final = {k: v.detach().clone() for k, v in networks[-1].state_dict().items()}
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"grads": list(records), "final": final}, out / f"rank{rank}-run{i}.pt")
     out.mkdir(parents=True, exist_ok=True)
