@@ -206,11 +206,14 @@ def test_hardware_aware_search_on_cuda(tmp_path):
 
 
 @needs_cuda
-def test_train_epoch_on_cuda_then_resume_on_the_cpu(tmp_path):
-    cfg = tiny_train_config(device="cuda", epochs=1, cutout=2, auxiliary_weight=0.4, drop_path_prob=0.2)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_train_epoch_on_cuda_then_resume_on_the_cpu(tmp_path, precision):
+    cfg = tiny_train_config(device="cuda", epochs=1, cutout=2, auxiliary_weight=0.4, drop_path_prob=0.2,
+                            precision=precision)  # fmt: skip
     run = RunDir.create(tmp_path / "run", "train", cfg.to_json())
     result = run_train(cfg, run, progress=False)
     assert result.summary["device"] == str(CUDA0) and 0.0 <= result.test_acc <= 1.0
+    assert ("scale" in run.load_checkpoint()["scaler"]) == (precision == "fp16")
     record = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)
     assert {t.device for t in record["state_dict"].values()} == {CPU}
     resumed = run_train(cfg.replace(device="cpu", epochs=2), run, progress=False)
