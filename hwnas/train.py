@@ -102,6 +102,47 @@ def evaluate(model: torch.nn.Module, loader, precision: str = "fp32") -> tuple[f
     return loss / max(n, 1), correct / max(n, 1)
 
 
+def optimiser(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """SGD with momentum and weight decay, as DARTS trains, and the gradient scaler of `cfg.precision`: fp16's
+    narrow range needs the loss scaled up before backward and the gradients down before the step (in the other
+    precisions the scaler passes everything through)."""
+    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    grad_clip: float | None,
+) -> tuple[float, int]:
+    """One optimiser step on this rank's (augmented) batch: the loss, with the auxiliary head's, in `cfg.precision`;
+    the gradients averaged over the ranks, clipped to `grad_clip` in norm, stepped. Returns (loss, correct answers).
+
+    BatchNorm's running statistics are averaged over the ranks with the gradients, in the same all-reduce: every
+    rank tests with the same ones (their mean over the shards), and rank 0's checkpoint holds every rank's state.
+    """
+    x, y = batch  # (B, C, H, W), (B,)
+    opt.zero_grad(set_to_none=True)
+    with autocast(x.device, cfg.precision):
+        out = model(x)
+        logits, aux = out if isinstance(out, tuple) else (out, None)
+        loss = F.cross_entropy(logits, y)
+        if aux is not None:
+            loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+    scaler.scale(loss).backward()
+    running_stats = [b for b in model.buffers() if b.is_floating_point()]
+    distributed.average_([*(p.grad for p in model.parameters() if p.grad is not None), *running_stats])
+    scaler.unscale_(opt)  # the clip sees the true gradients
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)  # skipped (and the scale lowered) where fp16 gradients overflowed
+    scaler.update()
+    return loss.item(), int((logits.argmax(1) == y).sum().item())
+
+
 def build_model(cfg: TrainConfig, in_channels: int, num_classes: int, genotype_source: str | None = None):
     """The genotype the network is built from (`cfg.genotype`, or `genotype_source` instead; a mobile one at
     `cfg.width_mult` when set) and the network."""
@@ -138,10 +179,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
         log.warning("fp16 on the CPU: torch %s runs fp16 convolutions there many times slower than fp32 (a 3x3 "
                     "convolution 50x slower on this project's VM); bf16 is the CPU's mixed precision",
                     torch.__version__)  # fmt: skip
-    opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    # fp16's narrow range needs the loss scaled up before backward (and the gradients down before the step); the
-    # scaler is a pass-through in other precisions
-    scaler = torch.amp.GradScaler(place.device.type, enabled=cfg.precision == "fp16")
+    opt, scaler = optimiser(model, cfg, place.device)
     history: list[dict[str, Any]] = []
     start_epoch, wall_s = 0, 0.0
     if state is not None:
@@ -166,9 +204,6 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
                                  "epoch_so_far": so_far and so_far.to_json()})  # fmt: skip
         clock.reset()
 
-    # BatchNorm's running statistics, averaged over the ranks with the gradients at every step: every rank tests
-    # with the same ones (their mean over the shards), and rank 0's checkpoint holds every rank's state
-    running_stats = [b for b in model.buffers() if b.is_floating_point()]
     test_share = Subset(splits.test, range(rank, len(splits.test), world))
     test_loader = make_loader(test_share, 256, False, pin_memory=place.pin_memory)
     aug_gen = torch.Generator()
@@ -192,23 +227,10 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
             for step, (x, y) in enumerate(bar, start=done):
                 aug_gen.manual_seed(step_seed(cfg.seed, epoch, step, 0))
                 torch.manual_seed(step_seed(cfg.seed, epoch, step, 1, rank))  # drop-path masks, per process
-                x, y = place.batch((augment(x, cfg.cutout, aug_gen, rank, world), y))  # on the host: alike anywhere
-                opt.zero_grad(set_to_none=True)
-                with autocast(place.device, cfg.precision):
-                    out = model(x)
-                    logits, aux = out if isinstance(out, tuple) else (out, None)
-                    loss = F.cross_entropy(logits, y)
-                    if aux is not None:
-                        loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
-                scaler.scale(loss).backward()
-                distributed.average_([*(p.grad for p in model.parameters() if p.grad is not None), *running_stats])
-                scaler.unscale_(opt)  # the clip sees the true gradients
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                scaler.step(opt)  # skipped (and the scale lowered) where fp16 gradients overflowed
-                scaler.update()
-                totals["loss"] += loss.item() * len(y)
-                totals["correct"] += (logits.argmax(1) == y).sum().item()
+                batch = place.batch((augment(x, cfg.cutout, aug_gen, rank, world), y))  # on the host: alike anywhere
+                loss, correct = train_step(model, opt, scaler, batch, cfg, grad_clip)
+                totals["loss"] += loss * len(y)
+                totals["correct"] += correct
                 totals["n"] += len(y)
                 n = totals["n"]
                 bar.set_postfix(loss=f"{totals['loss'] / n:.3f}", acc=f"{totals['correct'] / n:.3f}")
