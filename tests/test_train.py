@@ -113,6 +113,17 @@ def test_mixed_precision_convolves_in_its_type_keeps_fp32_weights_and_learns(tmp
     assert len(warned) == (precision == "fp16"), warned
 
 
+def test_a_run_resumes_in_another_precision(tmp_path):
+    """--precision may change on --resume: fp16, then bf16 (the scale dropped), then fp16 again (a fresh scale)."""
+    cfg = tiny_train_config(epochs=1, precision="fp16")
+    run = RunDir.create(tmp_path / "run", "train", cfg.to_json())
+    for epochs, precision in ((1, "fp16"), (2, "bf16"), (3, "fp16")):
+        result = run_train(cfg.replace(epochs=epochs, precision=precision), run, progress=False)
+        rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert result.summary["precision"] == precision and len(rows) == epochs
+        assert ("scale" in run.load_checkpoint()["scaler"]) == (precision == "fp16")
+
+
 class _Killed(Exception):
     pass
 
