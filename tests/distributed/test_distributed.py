@@ -233,7 +233,8 @@ def test_two_processes_killed_within_an_epoch_resume_from_its_checkpoint(tmp_pat
 def test_two_processes_training_killed_within_an_epoch_resumes_from_its_checkpoint(tmp_path):
     """A 2-process training run (cutout, auxiliary head, drop-path) checkpointing after every step, killed at its
     second epoch's second step, resumes there and ends as the run that never stopped: the same weights, bit for bit,
-    and the same per-epoch metrics (the epoch's running sums were averaged over the ranks into the checkpoint)."""
+    and the same per-epoch metrics (the epoch's running sums were averaged over the ranks into the checkpoint); one
+    process then continues it."""
     training = [*TRAINING, "--drop-path-prob", "0.3", "--checkpoint-minutes", "1e-9"]
     out = str(tmp_path / "out")
     reference = _python(str(WORKER), out, "--", "train", *training, "--run-dir", str(tmp_path / "reference"), nproc=2)
@@ -254,6 +255,10 @@ def test_two_processes_training_killed_within_an_epoch_resumes_from_its_checkpoi
     metrics = [[{k: v for k, v in row.items() if k != "epoch_s"} for row in _metrics(tmp_path / run)]
                for run in ("reference", "killed")]  # fmt: skip
     assert metrics[0] == metrics[1]
+    # the checkpoint of 2 processes continues in 1 (the checkpoint holds no per-process state)
+    more = _python("-m", "hwnas", "train", "--resume", str(killed), "--epochs", "3", "--no-progress")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(_metrics(killed)) == 3 and json.loads((killed / "summary.json").read_text())["world_size"] == 1
 
 
 def test_a_stalled_process_fails_the_job_after_the_timeout(tmp_path):
