@@ -141,10 +141,15 @@ class DataConfig(JsonConfig):
     image_size: int = 32  # digits are 8x8; resized so the DARTS reduction cells have room
     train_portion: float = 0.5  # search: share of the train split for weights, the rest updates α
     seed: int = 0
+    # processes that load batches beside each training process (DataLoader num_workers; 0: in that process):
+    # decoding image files keeps a GPU waiting without them. Batches and results are the same for any number, so it
+    # may change on resume
+    workers: int = 0
 
     def validate(self) -> None:
         check_all([
             (0.0 < self.train_portion < 1.0, f"train portion must lie in (0, 1), got {self.train_portion}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (4 <= self.image_size <= MAX_IMAGE_SIZE,
              f"image size must lie in [4, {MAX_IMAGE_SIZE}], got {self.image_size}"),
             seed_check(self.seed),

@@ -221,10 +221,11 @@ def _order_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_replicas: int = 1,
-                 rank: int = 0, pin_memory: bool = False, skip_batches: int = 0) -> DataLoader:  # fmt: skip
+def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_replicas: int = 1, rank: int = 0,
+                 pin_memory: bool = False, skip_batches: int = 0, workers: int = 0) -> DataLoader:  # fmt: skip
     """Rank `rank`'s share of each global batch of `batch_size` (divisible by `num_replicas`), in pinned memory
-    when `pin_memory` (for asynchronous copies to a GPU), from batch `skip_batches` on (a run resumed mid-epoch).
+    when `pin_memory` (for asynchronous copies to a GPU), from batch `skip_batches` on (a run resumed mid-epoch),
+    loaded by `workers` processes (0: this one; the batches are the same).
 
     The global order is a permutation seeded by (seed, epoch) alone, so the union of the ranks' shards of a step is
     the one-process step's batch, whatever the world size, and a resume with another world size sees the same
@@ -234,17 +235,17 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
     """
     sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=_order_seed(seed, epoch))
     batches = SkipBatches(BatchSampler(sampler, batch_size // num_replicas, drop_last=False), skip_batches)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=0, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                pin_memory: bool = False, skip_batches: int = 0) -> DataLoader:  # fmt: skip
-    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned as in
-    `shard_loader`), from batch `skip_batches` on."""
+                pin_memory: bool = False, skip_batches: int = 0, workers: int = 0) -> DataLoader:  # fmt: skip
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned and
+    loaded by `workers` processes as in `shard_loader`), from batch `skip_batches` on."""
     generator = torch.Generator().manual_seed(_order_seed(seed, epoch)) if shuffle else None
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches = SkipBatches(BatchSampler(sampler, batch_size, drop_last=False), skip_batches)
-    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=0, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=workers, pin_memory=pin_memory)
 
 
 class SkipBatches(Sampler[list[int]]):

@@ -169,8 +169,8 @@ def run_search(
             if so_far is not None:
                 done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
                 strategy.load_epoch_state(so_far.extra)
-            loaders = [shard_loader(data, cfg.batch_size, cfg.seed + i, epoch, world, rank, place.pin_memory, done)
-                       for i, data in enumerate((train_set, val_set))]  # fmt: skip
+            loaders = [shard_loader(data, cfg.batch_size, cfg.seed + i, epoch, world, rank, place.pin_memory, done,
+                                    cfg.data.workers) for i, data in enumerate((train_set, val_set))]  # fmt: skip
             steps = done + min(len(loader) for loader in loaders)
             bar = tqdm(zip(*loaders), total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (progress and main), leave=False)  # fmt: skip

@@ -205,7 +205,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
         clock.reset()
 
     test_share = Subset(splits.test, range(rank, len(splits.test), world))
-    test_loader = make_loader(test_share, 256, False, pin_memory=place.pin_memory)
+    test_loader = make_loader(test_share, 256, False, pin_memory=place.pin_memory, workers=cfg.data.workers)
     aug_gen = torch.Generator()
     with clock:
         for epoch in range(start_epoch, cfg.epochs):
@@ -220,7 +220,8 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
                 done, totals, t0 = so_far.steps, so_far.totals, t0 - so_far.elapsed_s
                 so_far = None
             # not pinned: augment copies
-            loader = shard_loader(splits.train, cfg.batch_size, cfg.seed, epoch, world, rank, skip_batches=done)
+            loader = shard_loader(splits.train, cfg.batch_size, cfg.seed, epoch, world, rank, skip_batches=done,
+                                  workers=cfg.data.workers)  # fmt: skip
             steps = done + len(loader)
             bar = tqdm(loader, total=steps, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (progress and main), leave=False)  # fmt: skip

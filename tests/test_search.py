@@ -107,6 +107,33 @@ class _Killed(Exception):
     pass
 
 
+def test_loader_processes_change_nothing_but_speed(tmp_path, monkeypatch):
+    """--workers 2 loads the train and val batches in two processes each: the search sees the same batches, in the
+    same order, and ends with the same α, genotype and metrics as one that loads them itself."""
+    import hwnas.search
+
+    started = []
+    shard_loader = hwnas.search.shard_loader
+
+    def counting_loader(*args, **kwargs):
+        loader = shard_loader(*args, **kwargs)
+        started.append(loader.num_workers)
+        return loader
+
+    monkeypatch.setattr(hwnas.search, "shard_loader", counting_loader)
+    results = {}
+    for workers in (0, 2):
+        cfg = tiny_search_config()
+        cfg = cfg.replace(data=cfg.data.replace(workers=workers))
+        results[workers] = run_search(cfg, RunDir.create(tmp_path / f"w{workers}", "search", cfg.to_json()),
+                                      progress=False)  # fmt: skip
+    assert started == [0] * 4 + [2] * 4  # 2 epochs, train and val
+    assert results[2].genotype == results[0].genotype
+    assert all(torch.equal(a, b) for a, b in zip(_alphas(tmp_path / "w2"), _alphas(tmp_path / "w0"), strict=True))
+    for a, b in zip(results[0].history, results[2].history, strict=True):
+        assert {k: v for k, v in a.items() if k != "epoch_s"} == {k: v for k, v in b.items() if k != "epoch_s"}
+
+
 @pytest.mark.parametrize("strategy", ["darts", "proxyless"])
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, strategy):
     reference = _search(tmp_path, "reference", epochs=3, strategy=strategy)

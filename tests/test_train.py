@@ -124,6 +124,17 @@ def test_a_run_resumes_in_another_precision(tmp_path):
         assert ("scale" in run.load_checkpoint()["scaler"]) == (precision == "fp16")
 
 
+def test_loader_processes_change_nothing_but_speed(tmp_path):
+    """--workers 2: training sees the same batches (the test split's too) and ends with the same weights, bit for
+    bit, and metrics as a run that loads them itself."""
+    results = []
+    for name, workers in (("straight", 0), ("killed", 2)):  # the names `_assert_same_run` compares
+        cfg = tiny_train_config(cutout=3, auxiliary_weight=0.4, drop_path_prob=0.3)
+        cfg = cfg.replace(data=cfg.data.replace(workers=workers))
+        results.append(run_train(cfg, RunDir.create(tmp_path / name, "train", cfg.to_json()), progress=False))
+    _assert_same_run(tmp_path, *results)
+
+
 class _Killed(Exception):
     pass
 

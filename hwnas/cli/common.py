@@ -13,7 +13,7 @@ from typing import Any
 from hwnas.errors import HwnasError
 
 DATA_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "image_size": "image_size",
-              "train_portion": "train_portion"}  # fmt: skip
+              "train_portion": "train_portion", "workers": "workers"}  # fmt: skip
 EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "absl")  # INFO per exported op
 _LATENCY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*$")
 
@@ -41,6 +41,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-dir", help="folder of cifar10 (cifar-10-batches-py/) or imagefolder (train/, val/)")
     group.add_argument("--image-size", type=int, help="input resolution (default 32)")
     group.add_argument("--train-portion", type=float, help="search: share of train data for weights (default 0.5)")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="processes loading batches beside each training process (default 0: none); the "
+                            "batches are the same for any N; may change on --resume")  # fmt: skip
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +90,8 @@ def build_config(cls, args: argparse.Namespace, flags: dict[str, str], base=None
         if changed or (args.seed is not None and args.seed != base.seed):
             raise HwnasError(f"cannot change {', '.join(changed or ['seed'])} when resuming; "
                              f"only {', '.join(resumable)} may change")  # fmt: skip
-        return base.replace(**given)
+        data = dataclasses.replace(base.data, **{k: v for k, v in data_given.items() if k != "seed"})
+        return base.replace(**given, data=data)
     defaults = cls()
     data = dataclasses.replace(defaults.data, **data_given)
     try:

@@ -35,6 +35,7 @@ RESUMABLE = (
     "sync_bn",
     "measured_repairs",
     "checkpoint_minutes",
+    "workers",
 )  # a resumed run may continue longer, elsewhere
 # flags that only mean something for some configs: given elsewhere, they are a mistake to name, not to ignore
 ONLY_WITH = (

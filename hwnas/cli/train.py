@@ -18,7 +18,7 @@ FLAGS = {
     "checkpoint_minutes": "checkpoint_minutes", "sync_bn": "sync_bn", "precision": "precision",
 }  # fmt: skip
 # a resumed run may continue longer, elsewhere, in another precision
-RESUMABLE = ("epochs", "device", "sync_bn", "checkpoint_minutes", "precision")
+RESUMABLE = ("epochs", "device", "sync_bn", "checkpoint_minutes", "precision", "workers")
 
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:

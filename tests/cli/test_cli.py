@@ -33,10 +33,11 @@ def test_search_train_resume_smoke(cli, tmp_path):
     result = cli("search", *TINY, "--epochs", "1", "--run-dir", str(run))
     assert result.returncode == 0, result.stderr
     assert "genotype:" in result.stdout and (run / "genotype.json").is_file()
-    # resume extends the finished run by one epoch
-    result = cli("search", "--resume", str(run), "--epochs", "2", "--no-progress")
+    # resume extends the finished run by one epoch, loading its batches in a process of its own
+    result = cli("search", "--resume", str(run), "--epochs", "2", "--workers", "1", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run / "config.json").read_text())["config"]["data"]["workers"] == 1
     train_run = tmp_path / "train"
     result = cli("train", *TINY, "--genotype", str(run / "genotype.json"), "--epochs", "1", "--run-dir",
                  str(train_run))  # fmt: skip
@@ -147,6 +148,7 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["train", "--lr", "nan"], ["learning rate must be positive"]),
         (["train", "--cutout", "-5"], ["cutout must lie in [0, image size 32]"]),
         (["train", "--precision", "fp8"], ["--precision", "invalid choice: 'fp8'"]),
+        (["search", "--workers", "-1"], ["workers must be >= 0, got -1"]),
         (["search", "--width-mult", "0.5"], ["--width-mult shapes the mobile space"]),
         (["train", "--train-portion", "0.3"], ["--train-portion splits a search's data"]),
         (
