@@ -239,13 +239,13 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                pin_memory: bool = False, skip_batches: int = 0, workers: int = 0) -> DataLoader:  # fmt: skip
-    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches (pinned and
-    loaded by `workers` processes as in `shard_loader`), from batch `skip_batches` on."""
+                pin_memory: bool = False, workers: int = 0) -> DataLoader:  # fmt: skip
+    """A loader whose order depends only on (seed, epoch) (pinned and loaded by `workers` processes as in
+    `shard_loader`): test splits, calibration samples."""
     generator = torch.Generator().manual_seed(_order_seed(seed, epoch)) if shuffle else None
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    batches = SkipBatches(BatchSampler(sampler, batch_size, drop_last=False), skip_batches)
-    return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=workers, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=workers,
+                      pin_memory=pin_memory)  # fmt: skip
 
 
 class SkipBatches(Sampler[list[int]]):
