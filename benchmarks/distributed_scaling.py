@@ -42,7 +42,7 @@ DEFAULT_JSON = ROOT / "benchmarks" / "results" / "distributed_scaling.json"
 log = logging.getLogger("distributed_scaling")
 
 
-def _search_step(world: int, device, batch_per_proc: int):
+def _search_step(world: int, place, batch_per_proc: int):
     """`step(batch, batch)` of a first-order DARTS search as `run_search` builds it, and its supernet."""
     import torch
 
@@ -53,13 +53,14 @@ def _search_step(world: int, device, batch_per_proc: int):
     cfg = SearchConfig(batch_size=batch_per_proc * world)
     torch.manual_seed(cfg.seed)
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
-    supernet = get_space(cfg.space).build_supernet(cfg, 3, 10, **strategy.supernet_options()).to(device)
+    strategy.placement = place
+    supernet = place.module(get_space(cfg.space).build_supernet(cfg, 3, 10, **strategy.supernet_options()))
     strategy.prepare(supernet)
     strategy.start_epoch(0)
     return strategy.step, supernet
 
 
-def _train_step(world: int, device, batch_per_proc: int):
+def _train_step(world: int, place, batch_per_proc: int):
     """`step(batch, _)` of `hwnas train` at its defaults (DARTS_V2), and its network."""
     import torch
 
@@ -69,8 +70,8 @@ def _train_step(world: int, device, batch_per_proc: int):
     cfg = TrainConfig(batch_size=batch_per_proc * world)
     torch.manual_seed(cfg.seed)
     genotype, model = build_model(cfg, 3, 10)
-    model = model.to(device)
-    opt, scaler = optimiser(model, cfg, device)
+    model = place.module(model)
+    opt, scaler = optimiser(model, cfg, place.device)
     clip = grad_clip_for(genotype.space, cfg.grad_clip)
     return lambda train, _val: train_step(model, opt, scaler, train, cfg, clip), model
 
@@ -82,18 +83,20 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from hwnas import distributed
+    from hwnas.device import Placement
 
     torch.set_num_threads(args.threads)
     with distributed.session():
         rank, world = distributed.rank(), distributed.world_size()
         device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if args.device == "cuda" else "cpu")
+        place = Placement(device)  # as the commands place networks and batches: channels_last on the CPU
         build = {"search": _search_step, "train": _train_step}[args.worker]
-        step, network = build(world, device, args.batch_per_proc)
+        step, network = build(world, place, args.batch_per_proc)
         data = torch.Generator().manual_seed(1000 + rank)
 
         def batch():
             x = torch.randn(args.batch_per_proc, 3, args.image_size, args.image_size, generator=data)
-            return x.to(device), torch.randint(0, 10, (args.batch_per_proc,), generator=data).to(device)
+            return place.batch((x, torch.randint(0, 10, (args.batch_per_proc,), generator=data)))
 
         def sync() -> None:
             if device.type == "cuda":
