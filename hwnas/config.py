@@ -158,6 +158,15 @@ class DataConfig(JsonConfig):
         ])  # fmt: skip
 
 
+# DARTS networks' stems: "cifar", one 3x3 convolution at full resolution (the DARTS code's NetworkCIFAR);
+# "imagenet", three stride-2 3x3 convolutions before the first cell (its NetworkImageNet, 224 -> 28)
+STEMS = ("cifar", "imagenet")
+
+
+def stem_check(stem: str) -> tuple[bool, str]:
+    return stem in STEMS, f"stem must be one of {', '.join(STEMS)}, got {stem!r}"
+
+
 @dataclass(frozen=True)
 class SearchConfig(JsonConfig):
     space: str = "darts"
@@ -170,7 +179,8 @@ class SearchConfig(JsonConfig):
     layers: int = 5
     steps: int = 4  # intermediate nodes per cell
     multiplier: int = 4  # nodes concatenated into the cell output
-    stem_multiplier: int = 3
+    stem_multiplier: int = 3  # CIFAR stem: its channels per init channel
+    stem: str = "cifar"  # DARTS space: "cifar" or "imagenet" (three stride-2 convolutions first), see STEMS
     primitives: tuple[str, ...] | None = None  # None: the space's full op set
     width_mult: float = 1.0  # mobile space
     seed: int = 0
@@ -234,6 +244,7 @@ class SearchConfig(JsonConfig):
             (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
             (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
             (self.pc_k >= 1, f"pc-k must be >= 1, got {self.pc_k}"),
+            stem_check(self.stem),
             (self.tau_max >= self.tau_min > 0, "GDAS temperatures need tau_max >= tau_min > 0"),
             (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
@@ -270,6 +281,7 @@ class TrainConfig(JsonConfig):
     batch_size: int = 64
     init_channels: int = 16
     layers: int = 8
+    stem: str = "cifar"  # DARTS genotypes: "cifar" or "imagenet", see STEMS
     width_mult: float | None = None  # mobile space: the network's width, overriding the genotype's (None: keep it)
     lr: float = 0.025
     lr_min: float = 0.0
@@ -278,6 +290,7 @@ class TrainConfig(JsonConfig):
     grad_clip: float | None = None  # None: the space's default (see `grad_clip_for`); 0: off
     drop_path_prob: float = 0.1  # scheduled linearly from 0 over training, as in DARTS
     auxiliary_weight: float = 0.0  # > 0 adds the auxiliary head at 2/3 depth
+    label_smoothing: float = 0.0  # of the training loss (DARTS and PC-DARTS trained on ImageNet with 0.1)
     cutout: int = 0  # cutout side in pixels, 0 = off
     seed: int = 0
     device: str = "auto"  # as SearchConfig.device: cuda:LOCAL_RANK when CUDA is available, else cpu
@@ -297,6 +310,7 @@ class TrainConfig(JsonConfig):
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
             (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
+            stem_check(self.stem),
             (0.0 <= self.drop_path_prob < 1.0, f"drop path probability must lie in [0, 1), got {self.drop_path_prob}"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
             width_mult_check(self.width_mult) if self.width_mult is not None else (True, ""),
@@ -305,6 +319,7 @@ class TrainConfig(JsonConfig):
             (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
             (non_negative(self.weight_decay), f"weight decay must be >= 0, got {self.weight_decay}"),
             (non_negative(self.auxiliary_weight), f"auxiliary weight must be >= 0, got {self.auxiliary_weight}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label smoothing must lie in [0, 1), got {self.label_smoothing}"),
             checkpoint_minutes_check(self.checkpoint_minutes),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             (0 <= self.cutout <= self.data.image_size,

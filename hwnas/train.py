@@ -1,6 +1,6 @@
 """Training a derived network from scratch (DARTS, Sec. 3.3): SGD, cosine lr, drop-path ramped linearly,
 optional auxiliary head and cutout, optionally in mixed precision (bf16 or fp16 autocast); checkpoint per epoch
-(and every `cfg.checkpoint_minutes` within one), resumable; test accuracy and parameter count.
+(and every `cfg.checkpoint_minutes` within one), resumable; test accuracy, parameter count and MACs.
 
 Under torchrun (`hwnas.distributed`) every rank trains on its shard of each global batch (`shard_loader`), the
 gradients and BatchNorm's running statistics averaged over the ranks at each step, and tests on its share of the
@@ -23,6 +23,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from hwnas import distributed
+from hwnas.complexity import count_macs, count_parameters
 from hwnas.config import TrainConfig, grad_clip_for
 from hwnas.data import load_splits, make_loader, shard_loader
 from hwnas.device import placement, to_device
@@ -40,12 +41,8 @@ class TrainResult:
     test_acc: float
     test_loss: float
     params: int
+    macs: int  # multiply-accumulates of one example's inference
     summary: dict[str, Any]
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Parameters of the network as deployed: the auxiliary head, used only in training, is not counted."""
-    return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("auxiliary_head"))
 
 
 def augment(x: torch.Tensor, cutout: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -118,8 +115,9 @@ def train_step(
     cfg: TrainConfig,
     grad_clip: float | None,
 ) -> tuple[float, int]:
-    """One optimiser step on this rank's (augmented) batch: the loss, with the auxiliary head's, in `cfg.precision`;
-    the gradients averaged over the ranks, clipped to `grad_clip` in norm, stepped. Returns (loss, correct answers).
+    """One optimiser step on this rank's (augmented) batch: the loss (label-smoothed by `cfg.label_smoothing`), with
+    the auxiliary head's, in `cfg.precision`; the gradients averaged over the ranks, clipped to `grad_clip` in norm,
+    stepped. Returns (loss, correct answers).
 
     BatchNorm's running statistics are averaged over the ranks with the gradients, in the same all-reduce: every
     rank tests with the same ones (their mean over the shards), and rank 0's checkpoint holds every rank's state.
@@ -129,9 +127,9 @@ def train_step(
     with autocast(x.device, cfg.precision):
         out = model(x)
         logits, aux = out if isinstance(out, tuple) else (out, None)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         if aux is not None:
-            loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+            loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
     scaler.scale(loss).backward()
     running_stats = [b for b in model.buffers() if b.is_floating_point()]
     distributed.average_([*(p.grad for p in model.parameters() if p.grad is not None), *running_stats])
@@ -169,12 +167,13 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
     genotype, model = build_model(cfg, splits.in_channels, splits.num_classes, source)
     if main and source is None:
         genotype.save(kept)
-    model = place.module(model)  # built on the CPU from the seed, so it starts alike on every device
     params = count_parameters(model)
+    macs = count_macs(model, (splits.in_channels, cfg.data.image_size, cfg.data.image_size))
+    model = place.module(model)  # built on the CPU from the seed, so it starts alike on every device
     grad_clip = grad_clip_for(genotype.space, cfg.grad_clip)
-    log.info("train: %s genotype %s, %d parameters, %d train / %d test examples, %d process(es) on %s in %s%s",
-             genotype.space, cfg.genotype, params, len(splits.train), len(splits.test), world, place.device,
-             cfg.precision, " with SyncBatchNorm" if place.sync_bn else "")  # fmt: skip
+    log.info("train: %s genotype %s, %d parameters, %.1fM MACs, %d train / %d test examples, %d process(es) on %s "
+             "in %s%s", genotype.space, cfg.genotype, params, macs / 1e6, len(splits.train), len(splits.test), world,
+             place.device, cfg.precision, " with SyncBatchNorm" if place.sync_bn else "")  # fmt: skip
     if main and cfg.precision == "fp16" and place.device.type == "cpu":
         log.warning("fp16 on the CPU: torch %s runs fp16 convolutions there many times slower than fp32 (a 3x3 "
                     "convolution 50x slower on this project's VM); bf16 is the CPU's mixed precision",
@@ -258,7 +257,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
 
     test_loss, test_acc = history[-1]["test_loss"], history[-1]["test_acc"]  # the last epoch's: the weights kept
     summary = {"genotype": genotype.to_json(), "test_acc": test_acc, "test_loss": test_loss, "params": params,
-               "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed,
+               "macs": macs, "wall_s": wall_s, "epochs": cfg.epochs, "dataset": cfg.data.dataset, "seed": cfg.seed,
                "world_size": world, "device": str(place.device), "precision": cfg.precision}  # fmt: skip
     if main:
         save_torch_atomic(run.path / "model.pt", {"genotype": genotype.to_json(), "config": cfg.to_json(),
@@ -271,4 +270,4 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
         with plots.best_effort():
             plots.plot_metrics(history, run.path / "metrics.png")
         log.info("test accuracy %.4f (%d parameters), weights in %s", test_acc, params, run.path / "model.pt")
-    return TrainResult(test_acc, test_loss, params, summary)
+    return TrainResult(test_acc, test_loss, params, macs, summary)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hwnas import train as train_module
+from hwnas.complexity import count_parameters
 from hwnas.errors import Interrupted
 from hwnas.run import RunDir
-from hwnas.train import augment, build_model, count_parameters, run_train
+from hwnas.train import augment, build_model, run_train
 from tests.conftest import tiny_train_config
 
 
@@ -87,6 +88,25 @@ def test_training_learns_the_fake_classes(tmp_path):
     assert result.test_acc >= 0.75
 
 
+def test_label_smoothing_smooths_both_heads_training_loss():
+    """(1 - ε)·CE + ε·(mean over classes of -log p), for the logits and the auxiliary head alike (Szegedy et al.
+    2016, Sec. 7), written out here rather than through F.cross_entropy's own label_smoothing."""
+    cfg = tiny_train_config(auxiliary_weight=0.4, label_smoothing=0.1, drop_path_prob=0.0)
+    _genotype, model = build_model(cfg, 3, 10)
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 10
+    with torch.no_grad():
+        logits, aux = model(x)
+
+    def smoothed(z: torch.Tensor) -> torch.Tensor:
+        log_p = z.log_softmax(1)
+        return (0.9 * -log_p.gather(1, y[:, None]).squeeze(1) + 0.1 * -log_p.mean(1)).mean()
+
+    expected = smoothed(logits) + 0.4 * smoothed(aux)
+    opt, scaler = train_module.optimiser(model, cfg, torch.device("cpu"))
+    loss, _correct = train_module.train_step(model, opt, scaler, (x, y), cfg, None)
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_mixed_precision_convolves_in_its_type_keeps_fp32_weights_and_learns(tmp_path, monkeypatch, caplog, precision,
                                                                              dtype):  # fmt: skip
@@ -103,6 +123,7 @@ def test_mixed_precision_convolves_in_its_type_keeps_fp32_weights_and_learns(tmp
         return genotype, model
 
     monkeypatch.setattr(train_module, "build_model", watched)
+    monkeypatch.setattr(train_module, "count_macs", lambda model, shape: 0)  # its own fp32 forward: not watched here
     cfg = tiny_train_config(epochs=12, precision=precision)
     result = run_train(cfg, RunDir.create(tmp_path / "run", "train", cfg.to_json()), progress=False)
     assert outputs == {(True, dtype), (False, dtype)}

@@ -8,7 +8,7 @@ from pathlib import Path
 from hwnas.cli.common import explicit, quiet_exporters
 from hwnas.cli.train import add_network_arguments
 
-SHAPE_FLAGS = ("init_channels", "layers", "width_mult")
+SHAPE_FLAGS = ("init_channels", "layers", "stem", "width_mult")
 DATA_FLAGS = ("dataset", "data_dir")
 
 

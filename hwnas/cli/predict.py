@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 
-from hwnas.config import SearchConfig
+from hwnas.config import STEMS, SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
 
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width-mult", type=float, default=defaults.width_mult)
     parser.add_argument("--init-channels", type=int, default=defaults.init_channels)
     parser.add_argument("--layers", type=int, default=defaults.layers)
+    parser.add_argument("--stem", choices=STEMS, default=defaults.stem, help="DARTS: cifar (default) or imagenet")
     parser.add_argument("--missing-only", action="store_true", help="list only what the table lacks")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -59,7 +60,7 @@ def _input_size(args, space: str) -> int:
 
 def _shape(args, space: str, input_size: int) -> SearchConfig:
     cfg = SearchConfig(space=space, width_mult=args.width_mult, init_channels=args.init_channels, layers=args.layers,
-                       latency_input_size=input_size)  # fmt: skip
+                       stem=args.stem, latency_input_size=input_size)  # fmt: skip
     cfg.validate()
     return cfg
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from hwnas.cli.common import quiet_exporters, refuse_unless
-from hwnas.config import SearchConfig
+from hwnas.config import STEMS, SearchConfig
 from hwnas.errors import HwnasError, resumable_by
 from hwnas.latency.calibration import (
     CalibrationNetwork,
@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-channels", type=int, default=defaults.init_channels, help="DARTS space")
     parser.add_argument("--layers", type=int, default=defaults.layers, help="DARTS space")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="DARTS space")
+    parser.add_argument("--stem", choices=STEMS, default=defaults.stem, help="DARTS space: cifar (default) or imagenet")
     parser.add_argument("--primitives", help="comma-separated candidate ops (default: the space's full set)")
     parser.add_argument("--threads", type=int, default=1, help="runtime threads (default 1: steadier figures)")
     parser.add_argument("--batch", type=int, default=1)
@@ -308,6 +309,7 @@ def run(args) -> int:
         init_channels=args.init_channels,
         layers=args.layers,
         steps=args.steps,
+        stem=args.stem,
         multiplier=min(SearchConfig().multiplier, args.steps),
         primitives=primitives,
         width_mult=args.width_mult,

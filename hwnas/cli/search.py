@@ -15,7 +15,7 @@ from hwnas.cli.common import (
     quiet_exporters,
     refuse_unless,
 )
-from hwnas.config import SearchConfig
+from hwnas.config import STEMS, SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 
@@ -27,7 +27,7 @@ FLAGS = {
     "latency_loss": "latency_loss", "latency_lambda": "latency_lambda", "width_mult": "width_mult",
     "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
     "measured_repairs": "measured_repairs", "latency_input_size": "latency_input_size",
-    "checkpoint_minutes": "checkpoint_minutes",
+    "checkpoint_minutes": "checkpoint_minutes", "stem": "stem",
 }  # fmt: skip
 RESUMABLE = (
     "epochs",
@@ -40,6 +40,7 @@ RESUMABLE = (
 # flags that only mean something for some configs: given elsewhere, they are a mistake to name, not to ignore
 ONLY_WITH = (
     (("width_mult",), lambda cfg: cfg.space == "mobile", "shapes the mobile space"),
+    (("stem",), lambda cfg: cfg.space == "darts", "shapes the DARTS space"),
     (("pc_k",), lambda cfg: cfg.strategy == "pcdarts", "applies to --strategy pcdarts"),
     (("random_samples",), lambda cfg: cfg.strategy == "random", "applies to --strategy random"),
     (("latency_loss", "latency_lambda", "latency_input_size", "measured_repairs"), lambda cfg: cfg.target is not None,
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 8)")
     parser.add_argument("--layers", type=int, help="DARTS: cells (default 5)")
     parser.add_argument("--steps", type=int, help="DARTS: intermediate nodes per cell (default 4)")
+    parser.add_argument("--stem", choices=STEMS,
+                        help="DARTS: cifar (default: one 3x3 convolution) or imagenet (three stride-2 convolutions "
+                             "first, as PC-DARTS searched on ImageNet)")  # fmt: skip
     parser.add_argument("--primitives", type=lambda s: tuple(p for p in s.split(",") if p),
                         help="comma-separated subset of the space's ops")  # fmt: skip
     parser.add_argument("--width-mult", type=float, help="mobile: width multiplier (default 1.0)")

@@ -7,7 +7,7 @@ import argparse
 
 from hwnas.cli import parallel
 from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, check_run_flags, refuse_unless
-from hwnas.config import PRECISIONS, TrainConfig
+from hwnas.config import PRECISIONS, STEMS, TrainConfig
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 
@@ -15,7 +15,8 @@ FLAGS = {
     "genotype": "genotype", "epochs": "epochs", "batch_size": "batch_size", "init_channels": "init_channels",
     "layers": "layers", "lr": "lr", "drop_path_prob": "drop_path_prob", "auxiliary_weight": "auxiliary_weight",
     "cutout": "cutout", "seed": "seed", "width_mult": "width_mult", "grad_clip": "grad_clip", "device": "device",
-    "checkpoint_minutes": "checkpoint_minutes", "sync_bn": "sync_bn", "precision": "precision",
+    "checkpoint_minutes": "checkpoint_minutes", "sync_bn": "sync_bn", "precision": "precision", "stem": "stem",
+    "label_smoothing": "label_smoothing",
 }  # fmt: skip
 # a resumed run may continue longer, elsewhere, in another precision
 RESUMABLE = ("epochs", "device", "sync_bn", "checkpoint_minutes", "precision", "workers")
@@ -24,9 +25,13 @@ RESUMABLE = ("epochs", "device", "sync_bn", "checkpoint_minutes", "precision", "
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that shape a derived network (shared with `hwnas export`)."""
     parser.add_argument("--genotype", help="genotype JSON file or a published name (DARTS_V1, DARTS_V2, "
-                                           "PC_DARTS, PROXYLESS_MOBILE)")  # fmt: skip
+                                           "PC_DARTS, PC_DARTS_IMAGENET, PROXYLESS_MOBILE)")  # fmt: skip
     parser.add_argument("--init-channels", type=int, help="DARTS: channels of the first cells (default 16)")
     parser.add_argument("--layers", type=int, help="DARTS: cells (default 8)")
+    parser.add_argument("--stem", choices=STEMS,
+                        help="DARTS: cifar (default: one 3x3 convolution, cells at the input resolution) or imagenet "
+                             "(three stride-2 convolutions first: 224x224 cells run at 28x28; DARTS's ImageNet "
+                             "network)")  # fmt: skip
     parser.add_argument("--width-mult", type=float, help="mobile: width multiplier (default: the genotype's)")
 
 
@@ -39,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-path-prob", type=float, help="final drop-path probability (default 0.1)")
     parser.add_argument("--auxiliary-weight", type=float, help="> 0 adds the auxiliary head (DARTS: 0.4)")
     parser.add_argument("--cutout", type=int, help="cutout side in pixels (default 0: off)")
+    parser.add_argument("--label-smoothing", type=float, metavar="EPS",
+                        help="label smoothing of the training loss (default 0; DARTS on ImageNet: 0.1)")  # fmt: skip
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="fp32 (default), or mixed precision: bf16 or fp16 autocast, weights in fp32 (for GPUs, "
                              "and bf16 for CPUs with AMX or AVX-512 BF16); may change on --resume")  # fmt: skip
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     _cfg, run_dir, result = done
     print(f"test accuracy: {result.test_acc:.4f}")
     print(f"parameters: {result.params}")
+    print(f"MACs: {result.macs / 1e6:.1f}M per example")
     print(f"weights: {run_dir.path / 'model.pt'}")
     return 0
 
@@ -82,8 +90,13 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[TrainConfig, str 
             raise HwnasError(f"--width-mult shapes mobile networks; genotype {cfg.genotype} is for space "
                              f"{genotype.space!r}")  # fmt: skip
         darts_only = {"--auxiliary-weight": args.auxiliary_weight, "--init-channels": args.init_channels,
-                      "--layers": args.layers, "--drop-path-prob": args.drop_path_prob}  # fmt: skip
+                      "--layers": args.layers, "--stem": args.stem,
+                      "--drop-path-prob": args.drop_path_prob}  # fmt: skip
         refuse_unless(genotype.space == "darts", darts_only,
                       f"shapes DARTS networks; genotype {cfg.genotype} is for space {genotype.space!r}")  # fmt: skip
+        if genotype.space == "darts":
+            from hwnas.spaces.darts import warn_about_stem
+
+            warn_about_stem(cfg.stem, cfg.data.image_size)
     parallel.check_processes(cfg, processes)
     return cfg, args.resume or args.run_dir

@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwnas.config import DataConfig, SearchConfig, TrainConfig
+from hwnas.complexity import AUXILIARY_PREFIX  # training-only head: never part of an exported network
+from hwnas.config import DataConfig, SearchConfig, TrainConfig, check_all, stem_check
 from hwnas.errors import HwnasError, first_line_error
 from hwnas.spaces import Genotype, get_space, load_genotype
 
 log = logging.getLogger(__name__)
-AUXILIARY_PREFIX = "auxiliary_head."  # training-only head; never part of an exported network
-SHAPE_FLAGS = {"darts": ("init_channels", "layers"), "mobile": ("width_mult",)}
+SHAPE_FLAGS = {"darts": ("init_channels", "layers", "stem"), "mobile": ("width_mult",)}
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _read_run(run: Path) -> tuple[TrainConfig, Genotype, str | None, Weights | N
         cfg = TrainConfig.from_json(stored["config"])
     else:
         search = SearchConfig.from_json(stored["config"])
-        cfg, space = TrainConfig(data=search.data), search.space
+        cfg, space = TrainConfig(data=search.data, stem=search.stem), search.space
     weights = load_weights(run / "model.pt") if (run / "model.pt").is_file() else None
     if weights is not None and "genotype" in weights.record:
         genotype = _genotype_from_json(weights.record["genotype"], run / "model.pt")
@@ -184,6 +184,7 @@ def _apply_shape(genotype: Genotype, cfg: TrainConfig, shape: dict[str, Any]) ->
     for name in ("init_channels", "layers"):
         if name in shape and shape[name] < 1:
             raise HwnasError(f"{name.replace('_', ' ')} must be >= 1, got {shape[name]}")
+    check_all([stem_check(shape.get("stem", "cifar"))])
     return genotype, cfg.replace(**shape)
 
 

@@ -7,6 +7,7 @@ Reduction cells (stride 2 on the edges from the input nodes) sit at 1/3 and 2/3 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,13 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.config import fits_json_type
+from hwnas.config import STEMS, fits_json_type
 from hwnas.errors import HwnasError
 from hwnas.ops.darts import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
 from hwnas.ops.opconfig import OpConfig
 from hwnas.spaces.base import SPACES, Genotype, SearchSpace
 from hwnas.supernet.base import Supernet
 from hwnas.supernet.mixed import MixedOp
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------
 # Genotype
@@ -123,6 +126,19 @@ PC_DARTS = DartsGenotype(
     ),
     reduce_concat=(2, 3, 4, 5),
 )  # fmt: skip
+# PC-DARTS searched directly on ImageNet (Xu et al. 2020, Table 3: 5.3M parameters, 597M MACs at C=48, 14 cells)
+PC_DARTS_IMAGENET = DartsGenotype(
+    normal=(
+        ("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("skip_connect", 1),
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
+        ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)  # fmt: skip
 
 
 def reduction_layers(layers: int) -> tuple[int, ...]:
@@ -168,20 +184,89 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier :], dim=1)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Stems: what comes before the first cell
+# --------------------------------------------------------------------------------------------------------------
+
+
+def add_stem(net: nn.Module, stem: str, in_channels: int, c: int, stem_multiplier: int) -> tuple[int, int, bool]:
+    """Give `net` the `stem` (`net.stem`, or `net.stem0` and `net.stem1`, as the DARTS code names them).
+
+    "cifar": one 3x3 convolution at full resolution, both cell inputs its output (the DARTS code's NetworkCIFAR).
+    "imagenet": three stride-2 3x3 convolutions, 224 -> 28 before the first cell, whose inputs are the outputs of
+    the last two (its NetworkImageNet: the ImageNet "mobile setting" of DARTS Sec. 3.3 and PC-DARTS Sec. 4.3).
+    Returns the channels of the first cell's two inputs and whether the first is at twice the second's
+    resolution (so that the cell reduces it, as after a reduction cell)."""
+    if stem == "cifar":
+        c_stem = stem_multiplier * c
+        net.stem = nn.Sequential(nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
+        return c_stem, c_stem, False
+    if stem != "imagenet":
+        raise HwnasError(f"unknown stem {stem!r} (choose from {', '.join(STEMS)})")
+    net.stem0 = nn.Sequential(
+        nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c),
+    )  # fmt: skip
+    net.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                              nn.BatchNorm2d(c))  # fmt: skip
+    return c, c, True
+
+
+def stem_states(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first cell's two inputs: (B, C_in, H, W) -> the stem's outputs."""
+    if hasattr(net, "stem0"):
+        s0 = net.stem0(x)
+        return s0, net.stem1(s0)
+    s = net.stem(x)
+    return s, s
+
+
+def stem_op_configs(stem: str, input_size: int, in_channels: int, c: int, stem_multiplier: int) -> list[OpConfig]:
+    """The stem's convolutions as ``Conv`` table entries (stride read from the shapes)."""
+    if stem == "cifar":
+        shape = (input_size, input_size)
+        return [OpConfig("Conv", (*shape, in_channels), (*shape, stem_multiplier * c))]
+    configs, hw, channels = [], input_size, in_channels
+    for c_out in (c // 2, c, c):
+        configs.append(OpConfig("Conv", (hw, hw, channels), (_half(hw), _half(hw), c_out)))
+        hw, channels = _half(hw), c_out
+    return configs
+
+
+def warn_about_stem(stem: str, image_size: int) -> None:
+    """A warning where the stem does not suit the images (the DARTS code: CIFAR stem at 32, ImageNet's at 224)."""
+    if stem == "cifar" and image_size >= 128:
+        log.warning("the cifar stem runs the first cells at the full %dx%d resolution (slow, memory-hungry): "
+                    "--stem imagenet reduces the images 8x first, as DARTS's ImageNet network does",
+                    image_size, image_size)  # fmt: skip
+    elif stem == "imagenet" and image_size < 64:
+        size = stem_output_size(stem, image_size)
+        log.warning("the imagenet stem reduces %dx%d images to %dx%d before the first cell: --stem cifar keeps "
+                    "their resolution", image_size, image_size, size, size)  # fmt: skip
+
+
+def stem_output_size(stem: str, input_size: int) -> int:
+    """The resolution of the first cell's input."""
+    return input_size if stem == "cifar" else _half(_half(_half(input_size)))
+
+
+def _half(hw: int) -> int:
+    return (hw + 1) // 2  # a stride-2 convolution or reduction with "same" padding
+
+
 class DartsSupernet(Supernet):
     """The DARTS search network; `edge_normalization` adds PC-DARTS's β (Xu et al. 2020, Eq. 4)."""
 
     def __init__(self, c, num_classes, layers, in_channels, primitives, steps=4, multiplier=4,
-                 stem_multiplier=3, partial_channels=1, edge_normalization=False):  # fmt: skip
+                 stem_multiplier=3, partial_channels=1, edge_normalization=False, stem="cifar"):  # fmt: skip
         super().__init__()
         self.primitives, self.steps, self.multiplier = tuple(primitives), steps, multiplier
         if c % partial_channels:
             raise HwnasError(f"init channels {c} are not divisible by pc-k {partial_channels}")
-        c_curr = stem_multiplier * c
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        c_pp, c_p, c_curr = c_curr, c_curr, c
+        c_pp, c_p, reduction_prev = add_stem(self, stem, in_channels, c, stem_multiplier)
+        c_curr = c
         self.cells = nn.ModuleList()
-        reduction_prev = False
         for i in range(layers):
             reduction = i in reduction_layers(layers)
             if reduction:
@@ -233,7 +318,7 @@ class DartsSupernet(Supernet):
         groups = {"reduce" if cell.reduction else "normal" for cell in self.cells}
         paths = {g: self.path_weights(g) for g in sorted(groups)}
         scales = {g: self.edge_scales(g) for g in sorted(groups)}
-        s0 = s1 = self.stem(x)
+        s0, s1 = stem_states(self, x)
         for cell in self.cells:
             group = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, paths[group], scales[group])
@@ -322,7 +407,7 @@ def _derive_cell(probs: torch.Tensor, primitives, steps: int) -> tuple[tuple[str
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Derived network (the "NetworkCIFAR" of the DARTS reference code, generalised in input channels and size)
+# Derived network (the DARTS reference code's NetworkCIFAR and NetworkImageNet, by stem)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -387,14 +472,13 @@ class DartsNetwork(nn.Module):
     """A network of cells from a genotype; forward returns logits (and auxiliary logits when training with it)."""
 
     def __init__(self, genotype: DartsGenotype, c: int, num_classes: int, layers: int, in_channels: int = 3,
-                 auxiliary: bool = False, stem_multiplier: int = NETWORK_STEM_MULTIPLIER):  # fmt: skip
+                 auxiliary: bool = False, stem: str = "cifar",
+                 stem_multiplier: int = NETWORK_STEM_MULTIPLIER):  # fmt: skip
         super().__init__()
         self.drop_path_prob = 0.0
-        c_curr = stem_multiplier * c
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        c_pp, c_p, c_curr = c_curr, c_curr, c
+        c_pp, c_p, reduction_prev = add_stem(self, stem, in_channels, c, stem_multiplier)
+        c_curr = c
         self.cells = nn.ModuleList()
-        reduction_prev = False
         reductions = reduction_layers(layers)
         self.aux_position = 2 * layers // 3
         self.auxiliary_head = None
@@ -413,7 +497,7 @@ class DartsNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor):  # (B, C_in, H, W) -> (B, classes) [, (B, classes)]
         aux_logits = None
-        s0 = s1 = self.stem(x)
+        s0, s1 = stem_states(self, x)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_position and self.auxiliary_head is not None and self.training:
@@ -439,36 +523,42 @@ class DartsSpace(SearchSpace):
         if cfg.layers < 3:  # else no cell reduces and α_reduce, never trained, would still make the genotype
             raise HwnasError(f"a DARTS search needs --layers >= 3 (reduction cells sit at 1/3 and 2/3 of the depth), "
                              f"got {cfg.layers}")  # fmt: skip
+        warn_about_stem(cfg.stem, cfg.data.image_size)
 
     def build_supernet(self, cfg, in_channels: int, num_classes: int, partial_channels: int = 1,
                        edge_normalization: bool = False) -> DartsSupernet:  # fmt: skip
         return DartsSupernet(
             cfg.init_channels, num_classes, cfg.layers, in_channels, self.check_primitives(cfg.primitives),
-            cfg.steps, cfg.multiplier, cfg.stem_multiplier, partial_channels, edge_normalization,
+            cfg.steps, cfg.multiplier, cfg.stem_multiplier, partial_channels, edge_normalization, cfg.stem,
         )  # fmt: skip
 
     def build_network(self, genotype, cfg, in_channels: int, num_classes: int) -> DartsNetwork:
         if not isinstance(genotype, DartsGenotype):
             raise HwnasError(f"genotype for space {genotype.space!r} does not fit space 'darts'")
         auxiliary = getattr(cfg, "auxiliary_weight", 0.0) > 0
-        return DartsNetwork(genotype, cfg.init_channels, num_classes, cfg.layers, in_channels, auxiliary)
+        return DartsNetwork(genotype, cfg.init_channels, num_classes, cfg.layers, in_channels, auxiliary, cfg.stem)
 
     def genotype_from_json(self, data: dict[str, Any]) -> DartsGenotype:
         return DartsGenotype.from_json(data)
 
     def published_genotypes(self) -> dict[str, DartsGenotype]:
-        return {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "PC_DARTS": PC_DARTS}
+        return {
+            "DARTS_V1": DARTS_V1,
+            "DARTS_V2": DARTS_V2,
+            "PC_DARTS": PC_DARTS,
+            "PC_DARTS_IMAGENET": PC_DARTS_IMAGENET,
+        }
 
     def _cell_shapes(self, cfg, input_size: int):
         """(reduction, H of the cell input, C of the cell) for every cell of a `cfg`-shaped network."""
-        hw, c, shapes = input_size, cfg.init_channels, []
+        hw, c, shapes = stem_output_size(cfg.stem, input_size), cfg.init_channels, []
         for i in range(cfg.layers):
             reduction = i in reduction_layers(cfg.layers)
             if reduction:
                 c *= 2
             shapes.append((reduction, hw, c))
             if reduction:
-                hw = (hw + 1) // 2
+                hw = _half(hw)
         return shapes
 
     def edge_op_configs(self, cfg, input_size: int) -> list[list[OpConfig]]:
@@ -476,7 +566,7 @@ class DartsSpace(SearchSpace):
         # Supernet.edges() visits cells in order and each cell's edges in α row order
         configs = []
         for reduction, hw, c in self._cell_shapes(cfg, input_size):
-            hw_out = (hw + 1) // 2 if reduction else hw
+            hw_out = _half(hw) if reduction else hw
             for _node, j in edge_inputs(cfg.steps):
                 stride = 2 if reduction and j < 2 else 1
                 hw_in = hw if j < 2 else hw_out  # intermediate nodes are already at the cell's output size
@@ -484,30 +574,28 @@ class DartsSpace(SearchSpace):
         return configs
 
     def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:
-        c_stem = cfg.stem_multiplier * cfg.init_channels
         in_channels = getattr(cfg, "in_channels", 3)
-        fixed = [OpConfig("Conv", (input_size, input_size, in_channels), (input_size, input_size, c_stem))]
+        fixed = stem_op_configs(cfg.stem, input_size, in_channels, cfg.init_channels, cfg.stem_multiplier)
         c_p = cfg.multiplier * self._cell_shapes(cfg, input_size)[-1][2]
-        hw_last = input_size
+        hw_last = stem_output_size(cfg.stem, input_size)
         for reduction, _hw, _c in self._cell_shapes(cfg, input_size):
-            hw_last = (hw_last + 1) // 2 if reduction else hw_last
+            hw_last = _half(hw_last) if reduction else hw_last
         fixed.append(OpConfig("Logits", (hw_last, hw_last, c_p), (self.table_classes,)))
         return fixed
 
     def network_op_configs(
         self, genotype: DartsGenotype, cfg, input_size: int, in_channels: int = 3, num_classes: int | None = None
     ) -> list[OpConfig]:
-        """Stem ``Conv``, each cell's chosen ops, ``Logits`` of a `cfg`-shaped network (init_channels, layers).
+        """The stem's ``Conv``s, each cell's chosen ops, ``Logits`` of a `cfg`-shaped network (init_channels, layers).
         The cells' 1x1 preprocessing convolutions and concatenations have no entries and are left out, as in
         the search's latency term; a table's network correction accounts for them."""
-        c_stem = NETWORK_STEM_MULTIPLIER * cfg.init_channels
-        configs = [OpConfig("Conv", (input_size, input_size, in_channels), (input_size, input_size, c_stem))]
-        hw_out, c_out = input_size, c_stem
+        configs = stem_op_configs(cfg.stem, input_size, in_channels, cfg.init_channels, NETWORK_STEM_MULTIPLIER)
+        hw_out, c_out = stem_output_size(cfg.stem, input_size), configs[-1].output_shape[-1]
         for reduction, hw, c in self._cell_shapes(cfg, input_size):
             edges, concat = (
                 (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
             )
-            hw_out = (hw + 1) // 2 if reduction else hw
+            hw_out = _half(hw) if reduction else hw
             for op, src in edges:
                 stride = 2 if reduction and src < 2 else 1
                 configs.append(darts_op_config(op, hw if src < 2 else hw_out, hw_out, c, stride))

@@ -33,6 +33,8 @@ def test_genotype_that_does_not_fit_the_space(tmp_path):
     _fails("--init-channels do\\(es\\) not shape a network of space 'mobile'", genotype="PROXYLESS_MOBILE",
            shape={"init_channels": 4}, **SHAPES)  # fmt: skip
     _fails("--width-mult", genotype="DARTS_V2", shape={"width_mult": 0.5}, **SHAPES)
+    _fails("--stem do\\(es\\) not shape", genotype="PROXYLESS_MOBILE", shape={"stem": "imagenet"}, **SHAPES)
+    _fails("stem must be one of cifar, imagenet, got 'tiny'", genotype="DARTS_V2", shape={"stem": "tiny"}, **SHAPES)
     search = tmp_path / "search"
     search.mkdir()
     (search / "config.json").write_text(json.dumps({"kind": "search", "config": {"space": "mobile"}}))

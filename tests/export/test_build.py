@@ -12,17 +12,18 @@ from hwnas.spaces import get_space, load_genotype
 def test_search_run_gives_genotype_and_dataset(tmp_path):
     run = tmp_path / "search"
     run.mkdir()
-    config = {"space": "darts", "data": DataConfig(dataset="fake", image_size=16).to_json()}
+    config = {"space": "darts", "stem": "imagenet", "data": DataConfig(dataset="fake", image_size=16).to_json()}
     (run / "config.json").write_text(json.dumps({"kind": "search", "config": config}))
     load_genotype("PC_DARTS").save(run / "genotype.json")
     spec = resolve_spec(run=str(run), shape={"init_channels": 4, "layers": 3})
     assert spec.genotype == load_genotype("PC_DARTS") and spec.weights is None and spec.dataset_known
     assert (spec.in_channels, spec.num_classes, spec.input_size) == (3, 4, 16)  # the fake dataset's
-    assert (spec.cfg.init_channels, spec.cfg.layers) == (4, 3)
+    assert (spec.cfg.init_channels, spec.cfg.layers, spec.cfg.stem) == (4, 3, "imagenet")  # the searched stem
+    assert resolve_spec(run=str(run), shape={"stem": "cifar"}).cfg.stem == "cifar"  # unless --stem says otherwise
 
 
 def test_weights_file_carries_shape_and_the_auxiliary_head_is_dropped(tmp_path):
-    cfg = TrainConfig(init_channels=4, layers=3, auxiliary_weight=0.4)
+    cfg = TrainConfig(init_channels=4, layers=3, auxiliary_weight=0.4, stem="imagenet")
     genotype = load_genotype("DARTS_V2")
     trained = get_space("darts").build_network(genotype, cfg, 2, 7)
     assert any(k.startswith("auxiliary_head.") for k in trained.state_dict())
