@@ -19,7 +19,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     matrix products, as torch's FlopCounterMode counts them (FLOPs / 2); BatchNorm, activations, pooling and
     additions are not counted, as in the DARTS and ProxylessNAS papers' tables."""
     was_training = model.training
-    param = next(model.parameters())
+    param = next(model.parameters(), torch.zeros(()))  # a network without parameters runs on the CPU
     x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
     model.eval()
     try:

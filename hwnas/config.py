@@ -271,6 +271,7 @@ class SearchConfig(JsonConfig):
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # what `hwnas train --precision` takes
+LR_SCHEDULES = ("cosine", "linear", "exponential")  # what `hwnas train --lr-schedule` takes (hwnas.schedule)
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,9 @@ class TrainConfig(JsonConfig):
     width_mult: float | None = None  # mobile space: the network's width, overriding the genotype's (None: keep it)
     lr: float = 0.025
     lr_min: float = 0.0
+    lr_schedule: str = "cosine"  # cosine | linear | exponential, after the warm-up (see hwnas.schedule.train_lr)
+    lr_decay: float = 0.97  # exponential: per-epoch factor (DARTS on ImageNet)
+    warmup_epochs: int = 0  # linear warm-up to lr (PC-DARTS on ImageNet: 5)
     momentum: float = 0.9
     weight_decay: float = 3e-4
     grad_clip: float | None = None  # None: the space's default (see `grad_clip_for`); 0: off
@@ -316,6 +320,11 @@ class TrainConfig(JsonConfig):
             width_mult_check(self.width_mult) if self.width_mult is not None else (True, ""),
             (positive(self.lr), f"learning rate must be positive, got {self.lr}"),
             (non_negative(self.lr_min), f"minimum learning rate must be >= 0, got {self.lr_min}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"learning-rate schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (0 < self.lr_decay <= 1, f"learning-rate decay must lie in (0, 1], got {self.lr_decay}"),
+            (0 <= self.warmup_epochs < self.epochs,
+             f"warm-up epochs must lie in [0, epochs {self.epochs}), got {self.warmup_epochs}"),
             (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
             (non_negative(self.weight_decay), f"weight decay must be >= 0, got {self.weight_decay}"),
             (non_negative(self.auxiliary_weight), f"auxiliary weight must be >= 0, got {self.auxiliary_weight}"),

@@ -29,7 +29,7 @@ from hwnas.data import load_splits, make_loader, shard_loader
 from hwnas.device import placement, to_device
 from hwnas.errors import HwnasError
 from hwnas.run import CheckpointClock, EpochSoFar, RunDir, save_torch_atomic, seed_everything
-from hwnas.schedule import cosine_lr, set_lr
+from hwnas.schedule import set_lr, train_lr
 from hwnas.spaces import get_space, load_genotype
 from hwnas.spaces.mobile import MobileGenotype
 
@@ -210,7 +210,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             model.train()
-            set_lr(opt, cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
+            set_lr(opt, train_lr(epoch, cfg))
             if hasattr(model, "drop_path_prob"):
                 model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
             # the epoch's summed loss, correct answers and examples (in a resumed epoch, the ranks' mean so far)

@@ -7,7 +7,7 @@ import pytest
 
 from hwnas.config import DataConfig, SearchConfig, TrainConfig
 from hwnas.errors import HwnasError
-from hwnas.schedule import cosine_lr
+from hwnas.schedule import cosine_lr, train_lr
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
 
@@ -110,6 +110,22 @@ def test_fused_and_unrolled_only_where_they_apply(strategy):
     for flag, changes in (("--fused", {"fused": True}), ("--unrolled", {"unrolled": True})):
         with pytest.raises(HwnasError, match=f"{flag} applies to the darts and pcdarts strategies, not {strategy}"):
             STRATEGIES.get(strategy)(SearchConfig(strategy=strategy, **changes))
+
+
+@pytest.mark.parametrize(
+    "changes,rates",
+    [
+        ({}, [cosine_lr(e, 6, 0.1, 0.0) for e in range(6)]),  # the default: DARTS's cosine, as before
+        ({"lr_schedule": "linear", "warmup_epochs": 2}, [0.05, 0.1, 0.1, 0.075, 0.05, 0.025]),
+        ({"lr_schedule": "exponential", "lr_decay": 0.5, "lr_min": 0.02}, [0.1, 0.05, 0.025, 0.02, 0.02, 0.02]),
+        ({"warmup_epochs": 3, "lr_min": 0.01}, [0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.0775, 0.0325]),
+    ],
+)
+def test_training_schedules(changes, rates):
+    """Warm-up lr·(e+1)/W, then cosine or linear to lr_min over the epochs left, or ×decay an epoch down to it."""
+    cfg = TrainConfig(epochs=6, lr=0.1, **changes)
+    cfg.validate()
+    assert [train_lr(e, cfg) for e in range(6)] == pytest.approx(rates)
 
 
 def test_cosine_lr_extends_without_climbing_back():

@@ -88,6 +88,13 @@ def test_training_learns_the_fake_classes(tmp_path):
     assert result.test_acc >= 0.75
 
 
+def test_training_steps_at_the_schedule_s_rates(tmp_path):
+    cfg = tiny_train_config(epochs=3, lr=0.1, lr_schedule="exponential", lr_decay=0.9)
+    run_train(cfg, RunDir.create(tmp_path / "run", "train", cfg.to_json()), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.09, 0.081])
+
+
 def test_label_smoothing_smooths_both_heads_training_loss():
     """(1 - ε)·CE + ε·(mean over classes of -log p), for the logits and the auxiliary head alike (Szegedy et al.
     2016, Sec. 7), written out here rather than through F.cross_entropy's own label_smoothing."""

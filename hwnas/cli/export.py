@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     rows = export_network(spec, options)
     weights = spec.weights.origin if spec.weights is not None else "random (untrained)"
     print(f"network: {spec.space}, {spec.in_channels}x{spec.input_size}x{spec.input_size} input, "
-          f"{spec.num_classes} classes; weights: {weights}")  # fmt: skip
+          f"{spec.num_classes} classes, {rows[0].params} parameters, {rows[0].macs / 1e6:.1f}M MACs; "
+          f"weights: {weights}")  # fmt: skip
     print(f"{'file':<20} {'input':<24} {'bytes':>10} {'max |err|':>10} {'top-1':>7} {'measured':>11} "
           f"{'predicted':>11}  converter")  # fmt: skip
     for row in rows:

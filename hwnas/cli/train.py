@@ -7,7 +7,7 @@ import argparse
 
 from hwnas.cli import parallel
 from hwnas.cli.common import add_data_arguments, add_run_arguments, build_config, check_run_flags, refuse_unless
-from hwnas.config import PRECISIONS, STEMS, TrainConfig
+from hwnas.config import LR_SCHEDULES, PRECISIONS, STEMS, TrainConfig
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 
@@ -16,7 +16,8 @@ FLAGS = {
     "layers": "layers", "lr": "lr", "drop_path_prob": "drop_path_prob", "auxiliary_weight": "auxiliary_weight",
     "cutout": "cutout", "seed": "seed", "width_mult": "width_mult", "grad_clip": "grad_clip", "device": "device",
     "checkpoint_minutes": "checkpoint_minutes", "sync_bn": "sync_bn", "precision": "precision", "stem": "stem",
-    "label_smoothing": "label_smoothing",
+    "label_smoothing": "label_smoothing", "lr_schedule": "lr_schedule", "lr_decay": "lr_decay",
+    "warmup_epochs": "warmup_epochs", "weight_decay": "weight_decay",
 }  # fmt: skip
 # a resumed run may continue longer, elsewhere, in another precision
 RESUMABLE = ("epochs", "device", "sync_bn", "checkpoint_minutes", "precision", "workers")
@@ -39,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_network_arguments(parser)
     parser.add_argument("--epochs", type=int, help="training epochs (default 30)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
-    parser.add_argument("--lr", type=float, help="initial learning rate, cosine-annealed (default 0.025)")
+    parser.add_argument("--lr", type=float, help="initial learning rate (default 0.025)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                        help="after the warm-up: cosine (default) or linear to 0, or exponential (x --lr-decay an "
+                             "epoch)")  # fmt: skip
+    parser.add_argument("--lr-decay", type=float, help="exponential schedule: factor per epoch (default 0.97)")
+    parser.add_argument("--warmup-epochs", type=int, help="epochs of linear warm-up to --lr (default 0)")
+    parser.add_argument("--weight-decay", type=float, help="SGD weight decay (default 3e-4; DARTS on ImageNet: 3e-5)")
     parser.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 = off (default 5 darts, off mobile)")
     parser.add_argument("--drop-path-prob", type=float, help="final drop-path probability (default 0.1)")
     parser.add_argument("--auxiliary-weight", type=float, help="> 0 adds the auxiliary head (DARTS: 0.4)")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwnas.complexity import count_macs, count_parameters
 from hwnas.errors import HwnasError
 from hwnas.export.build import NetworkSpec, build_network, dataset_splits
 from hwnas.export.predict import predicted_latency_ms
@@ -108,11 +109,12 @@ class NhwcInput(nn.Module):
 
 class Checks:
     """The inputs every exported file is checked on, with PyTorch's outputs for them (NCHW; `to_layout`
-    turns an NCHW batch into the exported models' layout)."""
+    turns an NCHW batch into the exported models' layout), and the PyTorch network's parameters and MACs."""
 
     def __init__(self, module: nn.Module, spec: NetworkSpec, options: ExportOptions, use_dataset: bool):
         self.layout = options.layout
         shape = (spec.in_channels, spec.input_size, spec.input_size)
+        self.params, self.macs = count_parameters(module), count_macs(module, shape)
         generator = torch.Generator().manual_seed(CHECK_SEED)
         self.random = torch.randn(CHECK_SAMPLES, *shape, generator=generator).numpy()
         self.random_ref = _forward(module, self.random)
@@ -273,4 +275,5 @@ def _row(fmt, name, size, converter, model: ExportedModel, spec, options, checks
     shape = [d if isinstance(d, int) else "batch" for d in model.input_shape]
     log.info("%s: max |error| %.3g, top-1 agreement %s, %.3f ms measured, %s predicted", name, error, top1,
              measured, f"{predicted:.3f} ms" if predicted is not None else "none")  # fmt: skip
-    return ExportRow(fmt, name, size, converter, shape, options.layout.upper(), error, top1, measured, predicted)
+    return ExportRow(fmt, name, size, converter, shape, options.layout.upper(), error, top1, measured, predicted,
+                     checks.params, checks.macs)  # fmt: skip

@@ -22,6 +22,8 @@ class ExportRow:
     top1_agreement: float | None  # share of test-split examples whose argmax matches PyTorch's; None without data
     measured_latency_ms: float  # median on the host runtime under the profilers' protocol, batch 1
     predicted_latency_ms: float | None  # the runtime's lookup table; None when it has none for this network
+    params: int  # of the PyTorch network exported
+    macs: int  # multiply-accumulates of one example through it (hwnas.complexity)
 
     def to_json(self) -> dict:
         return asdict(self)

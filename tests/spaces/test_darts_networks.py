@@ -112,6 +112,7 @@ def test_count_macs_by_hand():
     # 9x9 -> 5x5: 25 positions x 8 filters x 27 weights; depthwise: 25 x 8 x 9; linear: 8 x 5
     assert count_macs(net, (3, 9, 9)) == 25 * 8 * 27 + 25 * 8 * 9 + 8 * 5
     assert net.training  # the mode the caller left it in
+    assert count_macs(nn.AvgPool2d(2), (3, 4, 4)) == 0  # no parameters: nothing to multiply, and no error
 
 
 @pytest.mark.parametrize("genotype,stem,size", [("DARTS_V2", "cifar", 32), ("PC_DARTS_IMAGENET", "imagenet", 96)])
