@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from hwnas import distributed
+from hwnas.complexity import count_macs, count_parameters
 from hwnas.config import SearchConfig
 from hwnas.data import check_data, search_splits, shard_loader
 from hwnas.device import memory_format, placement
@@ -216,11 +217,22 @@ def run_search(
         if main:
             genotype = _measured_on_host(cfg, latency, supernet, genotype, summary)
     summary["genotype"] = genotype.to_json()
+    if cfg.space == "mobile":
+        summary["derived_size"] = deployed_size(cfg, space, genotype)
     if main:
         genotype.save(run.path / "genotype.json")
         run.write_json("summary.json", summary)
         _plots(run, genotype, history, alpha_history, supernet, summary)
     return SearchResult(genotype, history, summary)
+
+
+def deployed_size(cfg: SearchConfig, space, genotype) -> dict[str, int]:
+    """Parameters and MACs of a mobile genotype's network as deployed and as its latency table sees it: RGB at the
+    latency resolution, the table's classes (ImageNet's 1000 for the mobile space), as papers report them."""
+    size = latency_input_size(cfg)
+    network = space.build_network(genotype, cfg, 3, space.table_classes)
+    return {"input_size": size, "num_classes": space.table_classes, "params": count_parameters(network),
+            "macs": count_macs(network, (3, size, size))}  # fmt: skip
 
 
 def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict[str, Any]):

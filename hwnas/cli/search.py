@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     for key in ("predicted_latency_ms", "latency_budget_ms", "measured_latency_ms"):
         if result.summary.get(key) is not None:
             print(f"{key}: {result.summary[key]:.2f}")
+    if "derived_size" in result.summary:
+        size = result.summary["derived_size"]
+        print(f"derived network: {size['params']} parameters, {size['macs'] / 1e6:.1f}M MACs at "
+              f"{size['input_size']}x{size['input_size']}, {size['num_classes']} classes")  # fmt: skip
     print(f"run directory: {run_dir.path}")
     return 0
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
 from hwnas.memory import saved_tensor_bytes
 from hwnas.run import RunDir
-from hwnas.search import run_search
-from hwnas.spaces import get_space
+from hwnas.search import deployed_size, run_search
+from hwnas.spaces import get_space, load_genotype
 from hwnas.strategies import STRATEGIES
 from tests.search_hw.conftest import SIZE, WIDTH, mobile_config
 
@@ -130,7 +131,16 @@ def test_target_mode_lands_in_the_budget_band(tmp_path, synthetic_table, fractio
     assert result.history[-1]["lambda"] != cfg.latency_lambda  # the dual step moved λ (its sign: test_loss_forms)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["predicted_latency_ms"] == summary["predicted_latency_ms"]
+    assert saved["derived_size"] == deployed_size(cfg, space, result.genotype)  # at the table's 32x32, 1000 classes
+    assert saved["derived_size"]["input_size"] == 32 and saved["derived_size"]["num_classes"] == 1000
     assert (tmp_path / "run" / "architecture.png").is_file()
+
+
+def test_deployed_size_of_proxylessnas_mobile():
+    """In this space (the Pixel 1 table's: 24 channels in stage 1) ProxylessNAS-Mobile has 4,073,520 parameters and
+    304.2M MACs at 224x224; the released model widens stage 1 to 32 channels (4.08M parameters)."""
+    size = deployed_size(SearchConfig(space="mobile"), get_space("mobile"), load_genotype("PROXYLESS_MOBILE"))
+    assert size == {"input_size": 224, "num_classes": 1000, "params": 4_073_520, "macs": 304_227_008}
 
 
 def test_random_search_respects_the_budget(tmp_path, synthetic_table):
