@@ -27,7 +27,7 @@ FLAGS = {
     "latency_loss": "latency_loss", "latency_lambda": "latency_lambda", "width_mult": "width_mult",
     "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
     "measured_repairs": "measured_repairs", "latency_input_size": "latency_input_size",
-    "checkpoint_minutes": "checkpoint_minutes", "stem": "stem",
+    "checkpoint_minutes": "checkpoint_minutes", "stem": "stem", "w_lr_min": "w_lr_min",
 }  # fmt: skip
 RESUMABLE = (
     "epochs",
@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused", action="store_true", default=None,
                         help="memory-saving fused mixed op (recomputes ops in backward)")  # fmt: skip
     parser.add_argument("--w-lr", type=float, help="weight learning rate (default 0.025)")
+    parser.add_argument("--w-lr-min", type=float, help="weight learning rate at the end of the cosine (default 0.001)")
     parser.add_argument("--grad-clip", type=float, help="weight gradient clip, 0 = off (default 5 darts, off mobile)")
     parser.add_argument("--a-lr", type=float, help="architecture learning rate (default 3e-4 darts, 3e-2 mobile)")
     parser.add_argument("--arch-warmup-epochs", type=int, help="epochs before α starts to move (default 0)")
