@@ -209,6 +209,12 @@ class SearchConfig(JsonConfig):
     latency_lambda: float = 0.1  # additive weight / initial λ of the target mode
     latency_beta: float = 0.6  # exponent of the multiplicative (MnasNet) form
     latency_input_size: int | None = None  # resolution latency is evaluated at; None: 224 mobile, image size darts
+    # DARTS space: the shape of the network the budget is for, the one `hwnas train` will build from the searched
+    # cells (the DARTS paper's 36 channels and 20 cells on CIFAR-10, not the 16 and 8 it searched with); None: the
+    # search network's own init channels, layers, stem
+    latency_init_channels: int | None = None
+    latency_layers: int | None = None
+    latency_stem: str | None = None
     random_samples: int = 8  # random search: architectures sampled and trained
     # host tables measured on this machine: re-derivations from the derived network's own measured latency when
     # it lands outside [0.9·T, T] (timings drift from the table's); 0: measure only
@@ -228,6 +234,14 @@ class SearchConfig(JsonConfig):
         if self.a_lr is not None:
             return self.a_lr
         return 3e-2 if self.space == "mobile" else 3e-4
+
+    def latency_network(self) -> SearchConfig:
+        """This config with the network shape the latency term prices (`latency_init_channels`, ...)."""
+        return self.replace(
+            init_channels=self.latency_init_channels or self.init_channels,
+            layers=self.latency_layers or self.layers,
+            stem=self.latency_stem or self.stem,
+        )
 
     @property
     def weight_grad_clip(self) -> float | None:
@@ -252,6 +266,11 @@ class SearchConfig(JsonConfig):
             checkpoint_minutes_check(self.checkpoint_minutes),
             (self.latency_input_size is None or self.latency_input_size >= 1,
              f"latency input size must be >= 1, got {self.latency_input_size}"),
+            (self.latency_init_channels is None or self.latency_init_channels >= 2,
+             f"latency init channels must be >= 2, got {self.latency_init_channels}"),
+            (self.latency_layers is None or self.latency_layers >= 1,
+             f"latency layers must be >= 1, got {self.latency_layers}"),
+            stem_check(self.latency_stem) if self.latency_stem is not None else (True, ""),
             (positive(self.w_lr), f"weight learning rate must be positive, got {self.w_lr}"),
             (non_negative(self.w_lr_min), f"minimum weight learning rate must be >= 0, got {self.w_lr_min}"),
             (self.a_lr is None or positive(self.a_lr), f"architecture learning rate must be positive, got {self.a_lr}"),

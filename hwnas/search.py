@@ -83,7 +83,7 @@ def latency_model(cfg: SearchConfig, space, supernet):
     from hwnas.latency.targets import resolve_target
 
     table = resolve_target(cfg.target, cfg.space, latency_input_size(cfg))
-    model = LatencyModel(space, cfg, table, supernet)
+    model = LatencyModel(space, cfg.latency_network(), table, supernet)
     fastest = model.min_ms(supernet)
     if cfg.latency_ms < fastest:
         raise HwnasError(f"latency budget {cfg.latency_ms:g} ms is below the fastest architecture of the "
@@ -254,6 +254,10 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
                   "runtime": table.metadata.runtime, "source": table.metadata.source,
                   "sha256": table_digest(table), "path": str(table.path) if table.path else None},
     })  # fmt: skip
+    if cfg.space == "darts":  # the network the budget is for
+        priced = cfg.latency_network()
+        summary["latency_network"] = {"init_channels": priced.init_channels, "layers": priced.layers,
+                                      "stem": priced.stem}  # fmt: skip
     log.info("derived architecture: %.2f ms on %s (budget %.2f ms)", summary["predicted_latency_ms"], cfg.target,
              cfg.latency_ms)  # fmt: skip
     return genotype
@@ -297,11 +301,11 @@ def _rederive_aim(ratio: float) -> tuple[float, float]:
 
 
 def _time_derived(options: dict[str, Any], rounds: int, cfg: SearchConfig, genotype, input_size: int) -> float:
-    """The derived network timed end to end by a host profiler, built as the table's calibration networks are
-    and measured as they were: the median over `rounds` fresh processes."""
+    """The derived network, shaped as the latency term prices it, timed end to end by a host profiler, built as
+    the table's calibration networks are and measured as they were: the median over `rounds` fresh processes."""
     from hwnas.latency.calibration import CalibrationNetwork, measure_in_fresh_processes
 
-    network = CalibrationNetwork(cfg.space, genotype.to_json(), cfg.to_json(), input_size)
+    network = CalibrationNetwork(cfg.space, genotype.to_json(), cfg.latency_network().to_json(), input_size)
     return measure_in_fresh_processes(network, options, rounds).median_ms
 
 

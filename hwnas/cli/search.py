@@ -28,6 +28,8 @@ FLAGS = {
     "random_samples": "random_samples", "device": "device", "sync_bn": "sync_bn",
     "measured_repairs": "measured_repairs", "latency_input_size": "latency_input_size",
     "checkpoint_minutes": "checkpoint_minutes", "stem": "stem", "w_lr_min": "w_lr_min",
+    "latency_init_channels": "latency_init_channels", "latency_layers": "latency_layers",
+    "latency_stem": "latency_stem",
 }  # fmt: skip
 RESUMABLE = (
     "epochs",
@@ -41,10 +43,12 @@ RESUMABLE = (
 ONLY_WITH = (
     (("width_mult",), lambda cfg: cfg.space == "mobile", "shapes the mobile space"),
     (("stem",), lambda cfg: cfg.space == "darts", "shapes the DARTS space"),
+    (("latency_init_channels", "latency_layers", "latency_stem"), lambda cfg: cfg.space == "darts",
+     "shapes the DARTS network the budget is for"),
     (("pc_k",), lambda cfg: cfg.strategy == "pcdarts", "applies to --strategy pcdarts"),
     (("random_samples",), lambda cfg: cfg.strategy == "random", "applies to --strategy random"),
-    (("latency_loss", "latency_lambda", "latency_input_size", "measured_repairs"), lambda cfg: cfg.target is not None,
-     "goes with --target and --latency"),
+    (("latency_loss", "latency_lambda", "latency_input_size", "measured_repairs", "latency_init_channels",
+      "latency_layers", "latency_stem"), lambda cfg: cfg.target is not None, "goes with --target and --latency"),
 )  # fmt: skip
 
 
@@ -77,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="resolution the latency is evaluated at, the table's (default 224 mobile, --image-size "
                          "darts); training keeps --image-size")  # fmt: skip
     hw.add_argument("--latency", help="latency budget, e.g. 80ms, 80, 0.08s, 1500us")
+    hw.add_argument(
+        "--latency-init-channels",
+        type=int,
+        metavar="C",
+        help="DARTS: the budget is for the network of C channels you will train (default: --init-channels)",
+    )
+    hw.add_argument("--latency-layers", type=int, metavar="L", help="DARTS: ... and L cells (default: --layers)")
+    hw.add_argument("--latency-stem", choices=STEMS, help="DARTS: ... and this stem (default: --stem)")
     hw.add_argument("--latency-loss", choices=["target", "additive", "multiplicative"], help="default: target")
     hw.add_argument("--latency-lambda", type=float, help="λ of the additive form / initial λ of the target mode")
     hw.add_argument("--random-samples", type=int, help="random search: architectures trained (default 8)")

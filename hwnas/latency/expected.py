@@ -17,7 +17,9 @@ from hwnas.supernet.base import Supernet
 
 
 class LatencyModel:
-    """Per-candidate latencies of every supernet edge plus the fixed layers, for one table."""
+    """Per-candidate latencies of every edge of a `cfg`-shaped network plus its fixed layers, for one table, summed
+    onto `supernet`'s α rows: `cfg` may shape the network to deploy rather than the supernet (on the DARTS space,
+    `SearchConfig.latency_network()`: more cells and channels, sharing the searched cells' α)."""
 
     def __init__(self, space, cfg, table: LatencyTable, supernet: Supernet):
         self.table = table
@@ -32,7 +34,7 @@ class LatencyModel:
             [[0.0 if c is None else estimates[c.key()][0] for c in edge] for edge in edge_configs],
             dtype=torch.float64,
         )  # (edges, candidates)
-        self.group_ms = supernet.group_costs(self.edge_ms)
+        self.group_ms = supernet.group_costs(self.edge_ms, space.edge_rows(cfg))
 
     def expected_ms(self, supernet: Supernet) -> torch.Tensor:
         """E[LAT] in ms, differentiable in α: the table's network estimate of E[Σ]."""

@@ -51,6 +51,11 @@ class SearchSpace:
         """Per supernet edge (in `Supernet.edges()` order), the OpConfig of each candidate at `input_size`."""
         raise NotImplementedError
 
+    def edge_rows(self, cfg) -> list[tuple[str, int]]:
+        """(α group, row) of each edge of a `cfg`-shaped network, in `edge_op_configs` order (`Supernet.edge_rows`
+        of its supernet): a latency term may price a network of another shape than the supernet searched."""
+        raise NotImplementedError
+
     def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:
         """The layers every architecture of the space has (stem, head), at `input_size`."""
         raise NotImplementedError

@@ -561,6 +561,11 @@ class DartsSpace(SearchSpace):
                 hw = _half(hw)
         return shapes
 
+    def edge_rows(self, cfg) -> list[tuple[str, int]]:
+        reductions = reduction_layers(cfg.layers)
+        n_edges = len(edge_inputs(cfg.steps))
+        return [("reduce" if i in reductions else "normal", r) for i in range(cfg.layers) for r in range(n_edges)]
+
     def edge_op_configs(self, cfg, input_size: int) -> list[list[OpConfig]]:
         primitives = self.check_primitives(cfg.primitives)
         # Supernet.edges() visits cells in order and each cell's edges in α row order

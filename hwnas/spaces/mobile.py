@@ -220,6 +220,9 @@ class MobileSpace(SearchSpace):
     def published_genotypes(self) -> dict[str, MobileGenotype]:
         return {"PROXYLESS_MOBILE": PROXYLESS_MOBILE}
 
+    def edge_rows(self, cfg) -> list[tuple[str, int]]:
+        return [("blocks", i) for i in range(len(mobile_blocks(width_mult=cfg.width_mult)))]
+
     def edge_op_configs(self, cfg, input_size: int) -> list[list[OpConfig | None]]:
         """Per block, each candidate's OpConfig; None for `zero` (it costs nothing)."""
         primitives = self.check_primitives(cfg.primitives)

@@ -75,11 +75,18 @@ class Supernet(nn.Module):
         """(α group, row) of every edge in `edges()` order; edges sharing a row share its α."""
         raise NotImplementedError
 
-    def group_costs(self, edge_costs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def group_costs(
+        self, edge_costs: torch.Tensor, rows: list[tuple[str, int]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per group, (rows, N): the summed cost of each candidate over all edges that share the α row, on the device
-        of `edge_costs` (the CPU, where a latency table's costs are read one by one) whatever the supernet's."""
+        of `edge_costs` (the CPU, where a latency table's costs are read one by one) whatever the supernet's.
+        `rows`: the (group, row) of each of `edge_costs`, for a network of another shape than this supernet (more
+        cells of the same α); None: this supernet's `edge_rows()`."""
         costs = {g: edge_costs.new_zeros(a.shape) for g, a in self.alpha_groups().items()}
-        for (group, row), cost in zip(self.edge_rows(), edge_costs):
+        rows = self.edge_rows() if rows is None else rows
+        if len(rows) != len(edge_costs):
+            raise ValueError(f"{len(edge_costs)} edge costs for {len(rows)} edges")
+        for (group, row), cost in zip(rows, edge_costs):
             costs[group][row] += cost
         return costs
 

@@ -164,6 +164,15 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["train", "--genotype", "PROXYLESS_MOBILE", "--stem", "imagenet"], ["--stem shapes DARTS networks"]),
         (["train", "--stem", "tiny"], ["--stem", "invalid choice: 'tiny'"]),
         (["search", "--space", "mobile", "--stem", "imagenet"], ["--stem shapes the DARTS space"]),
+        (["search", "--latency-layers", "20"], ["--latency-layers goes with --target and --latency"]),
+        (
+            ["search", "--target", "mobile", "--latency", "80ms", "--latency-init-channels", "36"],
+            ["--latency-init-channels shapes the DARTS network the budget is for"],
+        ),
+        (
+            ["search", "--target", "cpu", "--latency", "9ms", "--space", "darts", "--latency-layers", "0"],
+            ["latency layers must be >= 1, got 0"],
+        ),
         (["search", "--pc-k", "2"], ["--pc-k applies to --strategy pcdarts"]),
         (["search", "--latency-lambda", "0.5"], ["--latency-lambda goes with --target and --latency"]),
         (["search", "--dataset", "digits", "--data-dir", "/tmp"], ["--data-dir applies to the cifar10 and"]),

@@ -103,6 +103,18 @@ def _darts(cfg, size=16):
     return space, net, table, LatencyModel(space, cfg, table, net)
 
 
+def _one_hot(net, genotype, steps: int) -> None:
+    """α one-hot on `genotype`'s edges and ops, `none` on every other edge."""
+    rows = {edge: r for r, edge in enumerate(edge_inputs(steps))}
+    with torch.no_grad():
+        for alpha, edges in ((net.alpha_normal, genotype.normal), (net.alpha_reduce, genotype.reduce)):
+            alpha.fill_(-60.0)
+            alpha[:, 0] = 60.0
+            for k, (op, src) in enumerate(edges):
+                alpha[rows[(2 + k // 2, src)]] = -60.0
+                alpha[rows[(2 + k // 2, src)], net.primitives.index(op)] = 60.0
+
+
 def test_darts_cell_expected_latency_gradient_by_finite_differences():
     _space, net, _table, model = _darts(SearchConfig(init_channels=4, layers=3))
     with torch.no_grad():
@@ -127,14 +139,7 @@ def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
     cfg = SearchConfig(init_channels=4, layers=3)
     _space, net, _table, model = _darts(cfg)
     genotype = load_genotype("DARTS_V2")
-    rows = {edge: r for r, edge in enumerate(edge_inputs(cfg.steps))}
-    with torch.no_grad():
-        for alpha, edges in ((net.alpha_normal, genotype.normal), (net.alpha_reduce, genotype.reduce)):
-            alpha.fill_(-60.0)
-            alpha[:, 0] = 60.0  # `none` everywhere except the genotype's edges
-            for k, (op, src) in enumerate(edges):
-                alpha[rows[(2 + k // 2, src)]] = -60.0
-                alpha[rows[(2 + k // 2, src)], net.primitives.index(op)] = 60.0
+    _one_hot(net, genotype, cfg.steps)
     derived = net.derive()
 
     def per_node(edges):
@@ -143,6 +148,28 @@ def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
     assert per_node(derived.normal) == per_node(genotype.normal)
     assert per_node(derived.reduce) == per_node(genotype.reduce)
     assert float(model.expected_ms(net).detach()) == pytest.approx(model.architecture_ms(net, genotype), rel=1e-9)
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_darts_latency_prices_the_network_to_deploy(stem):
+    """A 3-cell, 4-channel supernet's latency term, shaped by `latency_*` as the 7-cell, 6-channel network
+    `hwnas train` will build: the derived architecture's latency is that network's layers summed by the table."""
+    size = 32
+    search = SearchConfig(init_channels=4, layers=3, latency_init_channels=6, latency_layers=7, latency_stem=stem)
+    deployed = search.latency_network()
+    assert (deployed.init_channels, deployed.layers, deployed.stem) == (6, 7, stem)
+    space = get_space("darts")
+    net = space.build_supernet(search, 3, 10).double()
+    configs = [c for edge in space.edge_op_configs(deployed, size) for c in edge]
+    table = make_table(configs + space.fixed_op_configs(deployed, size), space="darts", input_size=size)
+    model = LatencyModel(space, deployed, table, net)
+    genotype = load_genotype("DARTS_V2")
+    _one_hot(net, genotype, search.steps)
+    network_sum = table.sum_ms(space.network_op_configs(genotype, deployed, size))
+    assert model.architecture_ms(net, genotype) == pytest.approx(network_sum, rel=1e-9)
+    assert float(model.expected_ms(net).detach()) == pytest.approx(network_sum, rel=1e-9)
+    with pytest.raises(ValueError, match="98 edge costs for 42 edges"):  # not the supernet's rows
+        net.group_costs(model.edge_ms)
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])

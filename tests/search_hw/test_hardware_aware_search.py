@@ -305,6 +305,30 @@ def test_budget_above_the_slowest_warns_and_another_resolution_fails(cli, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_darts_search_budgets_the_network_it_will_train(tmp_path):
+    """--latency-init-channels / --latency-layers: the budget binds the derived cells in the 4-cell, 6-channel
+    network trained afterwards, not in the 3-cell, 4-channel supernet that searched them."""
+    from hwnas.config import DataConfig, SearchConfig
+    from hwnas.latency.expected import LatencyModel
+    from tests.latency.helpers import make_table
+
+    cfg = SearchConfig(space="darts", init_channels=4, layers=3, epochs=1, batch_size=16, latency_init_channels=6,
+                       latency_layers=4, data=DataConfig(dataset="fake", image_size=8))  # fmt: skip
+    space, deployed = get_space("darts"), cfg.latency_network()
+    configs = [c for edge in space.edge_op_configs(deployed, 8) for c in edge] + space.fixed_op_configs(deployed, 8)
+    table = make_table(configs, target="synthetic", space="darts", input_size=8)
+    table.save(tmp_path / "synthetic_darts_8.json")
+    probe = space.build_supernet(cfg, 3, 10)
+    model = LatencyModel(space, deployed, table, probe)
+    budget = model.min_ms(probe) + 0.5 * (model.max_ms(probe) - model.min_ms(probe))
+    cfg = cfg.replace(target=str(table.path), latency_ms=budget)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    deployed_ms = table.sum_ms(space.network_op_configs(result.genotype, deployed, 8))
+    assert 0.9 * budget <= result.summary["predicted_latency_ms"] <= budget
+    assert result.summary["predicted_latency_ms"] == pytest.approx(deployed_ms)
+    assert result.summary["latency_network"] == {"init_channels": 6, "layers": 4, "stem": "cifar"}
+
+
 @pytest.mark.parametrize("strategy", ["darts", "pcdarts"])
 def test_darts_space_searches_to_a_budget(tmp_path, strategy):
     """DARTS and PC-DARTS cells are hardware-aware too: E[LAT] over each node's kept edges, derivation in band."""
