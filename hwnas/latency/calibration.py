@@ -100,6 +100,7 @@ def in_fresh_process(fn, *args):
     sender.close()
     try:
         ok, value = results.recv()
+        process.join(STOP_GRACE_S)  # it exits by itself once it has sent its result (its exit handlers take a while)
     except EOFError:
         raise HwnasError(f"the measuring process died ({_exit_status(process)})") from None
     finally:
