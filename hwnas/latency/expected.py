@@ -50,19 +50,12 @@ class LatencyModel:
         return self.decision_ms(supernet.decisions(genotype))
 
     def min_ms(self, supernet: Supernet) -> float:
-        """The fastest architecture of the space: the cheapest allowed candidate everywhere (a > 0, so the
-        correction keeps the order)."""
-        return float(self.table.network_ms(self.fixed_ms + self._extreme(supernet, min)))
+        """The fastest architecture the space derives (`Supernet.extreme_cost`; a > 0, so the correction keeps the
+        order)."""
+        return float(self.table.network_ms(self.fixed_ms + supernet.extreme_cost(self.group_ms, slowest=False)))
 
     def max_ms(self, supernet: Supernet) -> float:
-        return float(self.table.network_ms(self.fixed_ms + self._extreme(supernet, max)))
-
-    def _extreme(self, supernet: Supernet, pick) -> float:
-        total = 0.0
-        for group, cost in self.group_ms.items():
-            for row in range(cost.shape[0]):
-                total += pick(float(cost[row, k]) for k in supernet.allowed(group, row))
-        return total
+        return float(self.table.network_ms(self.fixed_ms + supernet.extreme_cost(self.group_ms, slowest=True)))
 
     def repair(self, supernet: Supernet, genotype, budget_ms: float, floor: float = 0.9):
         """Greedy budget repair of a derived architecture into [floor·T, T] (when the space allows it).

@@ -353,6 +353,20 @@ class DartsSupernet(Supernet):
                 offset += 2 + i
         return total
 
+    def extreme_cost(self, group_costs: dict[str, torch.Tensor], slowest: bool) -> float:
+        """A derived cell keeps two inputs per node (DARTS Sec. 2.4): per node, the two edges whose cheapest
+        (dearest) allowed op is the cheapest (dearest), with that op; the other edges cost nothing."""
+        pick, total = (max if slowest else min), 0.0
+        for group, cost in group_costs.items():
+            offset = 0
+            for i in range(self.steps):
+                edges = sorted(
+                    pick(float(cost[r, k]) for k in self.allowed(group, r)) for r in range(offset, offset + 2 + i)
+                )
+                total += sum(edges[-2:] if slowest else edges[:2])
+                offset += 2 + i
+        return total
+
     def decisions(self, genotype: DartsGenotype) -> list[tuple[str, int, int]]:
         rows = {edge: r for r, edge in enumerate(edge_inputs(self.steps))}
         return [

@@ -107,6 +107,16 @@ class Supernet(nn.Module):
         """The candidates a decision at (group, row) may take."""
         raise NotImplementedError
 
+    def extreme_cost(self, group_costs: dict[str, torch.Tensor], slowest: bool) -> float:
+        """The summed cost of the cheapest (or dearest) architecture the space derives: every α row takes its
+        cheapest (dearest) allowed candidate."""
+        pick = max if slowest else min
+        return sum(
+            pick(float(cost[row, k]) for k in self.allowed(group, row))
+            for group, cost in group_costs.items()
+            for row in range(cost.shape[0])
+        )
+
     def sample(self, generator: torch.Generator):
         """A uniformly random architecture of the space."""
         raise NotImplementedError

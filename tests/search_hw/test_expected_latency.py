@@ -13,7 +13,7 @@ from hwnas.latency.loss import LatencyObjective
 from hwnas.latency.table import NetworkCorrection
 from hwnas.latency.targets import resolve_target
 from hwnas.spaces import get_space, load_genotype
-from hwnas.spaces.darts import edge_inputs
+from hwnas.spaces.darts import DartsGenotype, edge_inputs
 from tests.latency.helpers import make_table
 from tests.search_hw.conftest import SIZE, WIDTH, mobile_config
 
@@ -148,6 +148,32 @@ def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
     assert per_node(derived.normal) == per_node(genotype.normal)
     assert per_node(derived.reduce) == per_node(genotype.reduce)
     assert float(model.expected_ms(net).detach()) == pytest.approx(model.architecture_ms(net, genotype), rel=1e-9)
+
+
+@pytest.mark.parametrize("slowest", [False, True])
+def test_darts_extremes_are_architectures_the_space_derives(slowest):
+    """The fastest (slowest) DARTS cells keep, per node, the two inputs whose cheapest (dearest) op is cheapest
+    (dearest): min_ms and max_ms are those architectures' latencies, and every sampled architecture lies between."""
+    cfg = SearchConfig(init_channels=4, layers=3)
+    _space, net, _table, model = _darts(cfg)
+    pick = max if slowest else min
+    cells = {}
+    for group, cost in model.group_ms.items():
+        edges, offset = [], 0
+        for i in range(cfg.steps):
+            best = {j: pick(net.allowed(group, offset + j), key=lambda k, r=offset + j: float(cost[r, k]))
+                    for j in range(2 + i)}  # fmt: skip
+            kept = sorted(best, key=lambda j: float(cost[offset + j, best[j]]), reverse=slowest)[:2]
+            edges += [(net.primitives[best[j]], j) for j in sorted(kept)]
+            offset += 2 + i
+        cells[group] = tuple(edges)
+    concat = tuple(range(2, 2 + cfg.steps))
+    extreme = DartsGenotype(cells["normal"], concat, cells["reduce"], concat)
+    expected = model.max_ms(net) if slowest else model.min_ms(net)
+    assert model.architecture_ms(net, extreme) == pytest.approx(expected, rel=1e-12)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        assert model.min_ms(net) <= model.architecture_ms(net, net.sample(generator)) <= model.max_ms(net)
 
 
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
