@@ -16,8 +16,9 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one (C, H, W) example through `model` in eval mode: those of its convolutions and
-    matrix products, as torch's FlopCounterMode counts them (FLOPs / 2); BatchNorm, activations, pooling and
-    additions are not counted, as in the DARTS and ProxylessNAS papers' tables."""
+    matrix products, as torch's FlopCounterMode counts them (FLOPs / 2). BatchNorm, activations, pooling and
+    additions are not counted; papers differ in what they count (the DARTS paper gives its ImageNet network 574M,
+    this count 530M), so compare networks counted alike."""
     was_training = model.training
     param = next(model.parameters(), torch.zeros(()))  # a network without parameters runs on the CPU
     x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
