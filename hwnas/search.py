@@ -243,8 +243,9 @@ def _within_budget(cfg: SearchConfig, latency, supernet, genotype, summary: dict
     genotype, changes = latency.repair(supernet, genotype, cfg.latency_ms)
     for change in changes:
         names = supernet.primitives
-        log.info("budget repair: %s row %d: %s -> %s (%+.2f ms)", change["group"], change["row"],
-                 names[change["from"]], names[change["to"]], change["delta_ms"])  # fmt: skip
+        moved = f" -> row {change['to_row']}" if "to_row" in change else ""
+        log.info("budget repair: %s row %d: %s -> %s%s (%+.2f ms)", change["group"], change["row"],
+                 names[change["from"]], names[change["to"]], moved, change["delta_ms"])  # fmt: skip
     table = latency.table
     summary.update({
         "target": cfg.target, "latency_budget_ms": cfg.latency_ms,

@@ -60,8 +60,9 @@ class LatencyModel:
     def repair(self, supernet: Supernet, genotype, budget_ms: float, floor: float = 0.9):
         """Greedy budget repair of a derived architecture into [floor·T, T] (when the space allows it).
 
-        While over T: apply the single-op replacement that loses the least α-probability per ms saved. While under
-        floor·T: apply the replacement that loses the least α-probability per ms added without exceeding T. A
+        While over T: apply the single change (`Supernet.alternatives`: another op, or on DARTS cells another
+        input of the node with its op) that loses the least α-probability per ms saved. While under floor·T: apply
+        the change that loses the least α-probability per ms added without exceeding T. A
         budget above the space's slowest architecture constrains nothing (e.g. `--latency 80s` for 80 ms): the
         architecture is left as α chose it rather than pushed towards the slowest one.
         Returns the repaired genotype and the changes made (for the log).
@@ -80,14 +81,14 @@ class LatencyModel:
         def best_move(direction: int):
             best = None
             for i, (group, row, k) in enumerate(decisions):
-                cost = self.group_ms[group][row]
-                for alt in supernet.allowed(group, row):
-                    delta = slope * float(cost[alt] - cost[k])  # network ms added (> 0) or saved (< 0)
+                cost, p = self.group_ms[group], probs[group]
+                for to_row, alt in supernet.alternatives(decisions, i):
+                    delta = slope * float(cost[to_row, alt] - cost[row, k])  # network ms added (> 0) or saved (< 0)
                     if delta * direction <= 0 or (direction > 0 and total() + delta > budget_ms):
                         continue
-                    score = float(probs[group][row, k] - probs[group][row, alt]) / abs(delta)
+                    score = float(p[row, k] - p[to_row, alt]) / abs(delta)
                     if best is None or score < best[0]:
-                        best = (score, i, alt, delta)
+                        best = (score, i, to_row, alt, delta)
             return best
 
         for direction, needed in ((-1, lambda: total() > budget_ms), (1, lambda: total() < floor * budget_ms)):
@@ -95,8 +96,9 @@ class LatencyModel:
                 move = best_move(direction)
                 if move is None:  # no replacement left in this direction: the budget is out of the space's range
                     break
-                _score, i, alt, delta = move
+                _score, i, to_row, alt, delta = move
                 group, row, k = decisions[i]
-                changes.append({"group": group, "row": row, "from": k, "to": alt, "delta_ms": delta})
-                decisions[i] = (group, row, alt)
+                change = {"group": group, "row": row, "from": k, "to": alt, "delta_ms": delta}
+                changes.append(change if to_row == row else {**change, "to_row": to_row})
+                decisions[i] = (group, to_row, alt)
         return supernet.with_decisions(genotype, decisions), changes

@@ -376,11 +376,21 @@ class DartsSupernet(Supernet):
         ]
 
     def with_decisions(self, genotype: DartsGenotype, decisions) -> DartsGenotype:
-        half = len(genotype.normal)
-        ops = [self.primitives[k] for _g, _r, k in decisions]
-        normal = tuple((op, src) for op, (_old, src) in zip(ops[:half], genotype.normal))
-        reduce = tuple((op, src) for op, (_old, src) in zip(ops[half:], genotype.reduce))
-        return DartsGenotype(normal, genotype.normal_concat, reduce, genotype.reduce_concat)
+        """Each decision's row names its edge (node, input), so a decision may also move to another input."""
+        edges = edge_inputs(self.steps)
+        cells = {g: tuple((self.primitives[k], edges[row][1]) for g_, row, k in decisions if g_ == g)
+                 for g in ("normal", "reduce")}  # fmt: skip
+        return DartsGenotype(cells["normal"], genotype.normal_concat, cells["reduce"], genotype.reduce_concat)
+
+    def alternatives(self, decisions, i: int) -> list[tuple[int, int]]:
+        """Another op on the same edge, or any op on another input of the same node that the node does not keep
+        yet: a derived node keeps two distinct inputs (DARTS Sec. 2.4), and a budget repair may trade one."""
+        group, row, k = decisions[i]
+        edges = edge_inputs(self.steps)
+        node = edges[row][0]
+        kept = {r for j, (g, r, _k) in enumerate(decisions) if g == group and j != i}
+        rows = [r for r, (n, _src) in enumerate(edges) if n == node and r not in kept]
+        return [(r, alt) for r in rows for alt in self.allowed(group, r) if (r, alt) != (row, k)]
 
     def allowed(self, group: str, row: int) -> list[int]:
         return [k for k, p in enumerate(self.primitives) if p != "none"]

@@ -107,6 +107,12 @@ class Supernet(nn.Module):
         """The candidates a decision at (group, row) may take."""
         raise NotImplementedError
 
+    def alternatives(self, decisions: list[tuple[str, int, int]], i: int) -> list[tuple[int, int]]:
+        """The (row, candidate) pairs decision `i` of an architecture's `decisions` may change to, one change
+        leaving a valid architecture: here, another candidate of the same row."""
+        group, row, k = decisions[i]
+        return [(row, alt) for alt in self.allowed(group, row) if alt != k]
+
     def extreme_cost(self, group_costs: dict[str, torch.Tensor], slowest: bool) -> float:
         """The summed cost of the cheapest (or dearest) architecture the space derives: every α row takes its
         cheapest (dearest) allowed candidate."""

@@ -10,10 +10,11 @@ from hwnas.config import SearchConfig
 from hwnas.latency.catalogue import mobile_network_op_configs
 from hwnas.latency.expected import LatencyModel
 from hwnas.latency.loss import LatencyObjective
-from hwnas.latency.table import NetworkCorrection
+from hwnas.latency.table import LatencyTable, NetworkCorrection
 from hwnas.latency.targets import resolve_target
 from hwnas.spaces import get_space, load_genotype
 from hwnas.spaces.darts import DartsGenotype, edge_inputs
+from tests.conftest import ROOT
 from tests.latency.helpers import make_table
 from tests.search_hw.conftest import SIZE, WIDTH, mobile_config
 
@@ -209,6 +210,30 @@ def test_repair_lands_in_the_budget_band(synthetic_table, fraction):
         assert 0.9 * budget <= model.architecture_ms(net, genotype) <= budget
         for change in changes:
             assert change["delta_ms"] != 0
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.3, 0.97])
+def test_darts_repair_moves_inputs_to_reach_any_budget_in_range(fraction):
+    """On a measured table (ONNX Runtime, this project's Xeon VM), a DARTS cell's cheapest ops depend on which
+    inputs a node keeps (stride-2 edges of reduction cells cost more): near the fastest architecture, changing ops
+    alone left 3 of 6 derived architectures over budget; the repair may also move a node's input."""
+    table = LatencyTable.load(ROOT / "latency_tables" / "onnxruntime_darts_32_xeon_m167.json")
+    cfg = SearchConfig(init_channels=16, layers=8)
+    net = get_space("darts").build_supernet(SearchConfig(init_channels=4, layers=3), 3, 10)
+    model = LatencyModel(get_space("darts"), cfg, table, net)
+    budget = model.min_ms(net) + fraction * (model.max_ms(net) - model.min_ms(net))
+    moved = 0
+    for seed in range(6):
+        with torch.no_grad():
+            net.alpha_normal.normal_(generator=torch.Generator().manual_seed(seed))
+            net.alpha_reduce.normal_(generator=torch.Generator().manual_seed(seed + 100))
+        genotype, changes = model.repair(net, net.derive(), budget)
+        genotype.validate()
+        for edges in (genotype.normal, genotype.reduce):  # each node still reads two distinct inputs
+            assert all(edges[k][1] != edges[k + 1][1] for k in range(0, len(edges), 2))
+        assert 0.9 * budget <= model.architecture_ms(net, genotype) <= budget
+        moved += sum("to_row" in change for change in changes)
+    assert moved > 0 or fraction > 0.02
 
 
 def test_a_budget_above_the_slowest_architecture_repairs_nothing(synthetic_table):
