@@ -146,6 +146,12 @@ def reduction_layers(layers: int) -> tuple[int, ...]:
     return tuple(sorted({layers // 3, 2 * layers // 3})) if layers >= 3 else ()
 
 
+def cell_edge_rows(reductions: list[bool], steps: int) -> list[tuple[str, int]]:
+    """(α group, row) of every edge of cells that do or do not reduce, cell by cell, in α row order."""
+    n_edges = len(edge_inputs(steps))
+    return [("reduce" if reduction else "normal", r) for reduction in reductions for r in range(n_edges)]
+
+
 def edge_inputs(steps: int) -> list[tuple[int, int]]:
     """(node, input node) for every edge of a search cell, in α row order."""
     return [(2 + i, j) for i in range(steps) for j in range(2 + i)]
@@ -330,8 +336,7 @@ class DartsSupernet(Supernet):
         return {g: p * self.edge_scales(g)[:, None] for g, p in probs.items()}
 
     def edge_rows(self) -> list[tuple[str, int]]:
-        n_edges = len(edge_inputs(self.steps))
-        return [("reduce" if c.reduction else "normal", r) for c in self.cells for r in range(n_edges)]
+        return cell_edge_rows([c.reduction for c in self.cells], self.steps)
 
     def expected_cost(self, group_costs: dict[str, torch.Tensor]) -> torch.Tensor:
         """E[cost] of the derived cells: per node, the two edges kept out of its inputs.
@@ -587,8 +592,7 @@ class DartsSpace(SearchSpace):
 
     def edge_rows(self, cfg) -> list[tuple[str, int]]:
         reductions = reduction_layers(cfg.layers)
-        n_edges = len(edge_inputs(cfg.steps))
-        return [("reduce" if i in reductions else "normal", r) for i in range(cfg.layers) for r in range(n_edges)]
+        return cell_edge_rows([i in reductions for i in range(cfg.layers)], cfg.steps)
 
     def edge_op_configs(self, cfg, input_size: int) -> list[list[OpConfig]]:
         primitives = self.check_primitives(cfg.primitives)
