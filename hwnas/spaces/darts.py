@@ -17,6 +17,7 @@ from torch import nn
 
 from hwnas.config import STEMS, fits_json_type
 from hwnas.errors import HwnasError
+from hwnas.latency.catalogue import conv_out
 from hwnas.ops.darts import DARTS_PRIMITIVES, OPS, FactorizedReduce, ReLUConvBN
 from hwnas.ops.opconfig import OpConfig
 from hwnas.spaces.base import SPACES, Genotype, SearchSpace
@@ -235,8 +236,8 @@ def stem_op_configs(stem: str, input_size: int, in_channels: int, c: int, stem_m
         return [OpConfig("Conv", (*shape, in_channels), (*shape, stem_multiplier * c))]
     configs, hw, channels = [], input_size, in_channels
     for c_out in (c // 2, c, c):
-        configs.append(OpConfig("Conv", (hw, hw, channels), (_half(hw), _half(hw), c_out)))
-        hw, channels = _half(hw), c_out
+        configs.append(OpConfig("Conv", (hw, hw, channels), (conv_out(hw, 2), conv_out(hw, 2), c_out)))
+        hw, channels = conv_out(hw, 2), c_out
     return configs
 
 
@@ -254,11 +255,7 @@ def warn_about_stem(stem: str, image_size: int) -> None:
 
 def stem_output_size(stem: str, input_size: int) -> int:
     """The resolution of the first cell's input."""
-    return input_size if stem == "cifar" else _half(_half(_half(input_size)))
-
-
-def _half(hw: int) -> int:
-    return (hw + 1) // 2  # a stride-2 convolution or reduction with "same" padding
+    return input_size if stem == "cifar" else conv_out(conv_out(conv_out(input_size, 2), 2), 2)
 
 
 class DartsSupernet(Supernet):
@@ -587,7 +584,7 @@ class DartsSpace(SearchSpace):
                 c *= 2
             shapes.append((reduction, hw, c))
             if reduction:
-                hw = _half(hw)
+                hw = conv_out(hw, 2)
         return shapes
 
     def edge_rows(self, cfg) -> list[tuple[str, int]]:
@@ -599,7 +596,7 @@ class DartsSpace(SearchSpace):
         # Supernet.edges() visits cells in order and each cell's edges in α row order
         configs = []
         for reduction, hw, c in self._cell_shapes(cfg, input_size):
-            hw_out = _half(hw) if reduction else hw
+            hw_out = conv_out(hw, 2) if reduction else hw
             for _node, j in edge_inputs(cfg.steps):
                 stride = 2 if reduction and j < 2 else 1
                 hw_in = hw if j < 2 else hw_out  # intermediate nodes are already at the cell's output size
@@ -612,7 +609,7 @@ class DartsSpace(SearchSpace):
         c_p = cfg.multiplier * self._cell_shapes(cfg, input_size)[-1][2]
         hw_last = stem_output_size(cfg.stem, input_size)
         for reduction, _hw, _c in self._cell_shapes(cfg, input_size):
-            hw_last = _half(hw_last) if reduction else hw_last
+            hw_last = conv_out(hw_last, 2) if reduction else hw_last
         fixed.append(OpConfig("Logits", (hw_last, hw_last, c_p), (self.table_classes,)))
         return fixed
 
@@ -628,7 +625,7 @@ class DartsSpace(SearchSpace):
             edges, concat = (
                 (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
             )
-            hw_out = _half(hw) if reduction else hw
+            hw_out = conv_out(hw, 2) if reduction else hw
             for op, src in edges:
                 stride = 2 if reduction and src < 2 else 1
                 configs.append(darts_op_config(op, hw if src < 2 else hw_out, hw_out, c, stride))
