@@ -8,13 +8,13 @@ import argparse
 import json
 import os
 
-from hwnas.config import STEMS, SearchConfig
+from hwnas.config import STEMS, SearchConfig, TrainConfig
 from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = SearchConfig()
+    search, train = SearchConfig(), TrainConfig()
     parser.add_argument("--table", required=True, help="table file, or target name (uses all its tables)")
     parser.add_argument("--key", action="append", default=[], help="op key to estimate (repeatable)")
     parser.add_argument("--space", help="estimate every op configuration of this space (mobile, darts)")
@@ -22,10 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--genotype", help="estimate this whole network (genotype file or published name; mobile: its own width)"
     )
     parser.add_argument("--input-size", type=int, help="for --space, --genotype (default: 224 mobile, 32 darts)")
-    parser.add_argument("--width-mult", type=float, default=defaults.width_mult)
-    parser.add_argument("--init-channels", type=int, default=defaults.init_channels)
-    parser.add_argument("--layers", type=int, default=defaults.layers)
-    parser.add_argument("--stem", choices=STEMS, default=defaults.stem, help="DARTS: cifar (default) or imagenet")
+    parser.add_argument("--width-mult", type=float, default=search.width_mult)
+    parser.add_argument("--init-channels", type=int, help=f"DARTS: channels of the first cells (default: "
+                        f"--space {search.init_channels}, as searched; --genotype {train.init_channels}, as "
+                        "trained)")  # fmt: skip
+    parser.add_argument("--layers", type=int, help=f"DARTS: cells (default: --space {search.layers}, as searched; "
+                        f"--genotype {train.layers}, as trained)")  # fmt: skip
+    parser.add_argument("--stem", choices=STEMS, default=search.stem, help="DARTS: cifar (default) or imagenet")
     parser.add_argument("--missing-only", action="store_true", help="list only what the table lacks")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -58,8 +61,12 @@ def _input_size(args, space: str) -> int:
     return size
 
 
-def _shape(args, space: str, input_size: int) -> SearchConfig:
-    cfg = SearchConfig(space=space, width_mult=args.width_mult, init_channels=args.init_channels, layers=args.layers,
+def _shape(args, space: str, input_size: int, defaults: SearchConfig | TrainConfig) -> SearchConfig:
+    """The network shape: the flags given, else `defaults`' (the search's for a space, the training's for a
+    genotype, so that `predict --genotype` estimates the network `train` and `export` build)."""
+    init_channels = args.init_channels if args.init_channels is not None else defaults.init_channels
+    layers = args.layers if args.layers is not None else defaults.layers
+    cfg = SearchConfig(space=space, width_mult=args.width_mult, init_channels=init_channels, layers=layers,
                        stem=args.stem, latency_input_size=input_size)  # fmt: skip
     cfg.validate()
     return cfg
@@ -74,7 +81,8 @@ def _network(args) -> int:
         raise HwnasError("--genotype estimates one network; it does not combine with --key, --space, --missing-only")
     genotype = load_genotype(args.genotype)
     size = _input_size(args, genotype.space)
-    layers = get_space(genotype.space).network_op_configs(genotype, _shape(args, genotype.space, size), size)
+    shape = _shape(args, genotype.space, size, TrainConfig())
+    layers = get_space(genotype.space).network_op_configs(genotype, shape, size)
     tables = _tables(args.table, genotype.space)
     exact = next((t for t in tables if (t.metadata.space, t.metadata.input_size) == (genotype.space, size)), None)
     network = estimate_network(tables, layers, exact)
@@ -102,7 +110,7 @@ def run(args) -> int:
     configs = [OpConfig.from_key(key) for key in args.key]
     if args.space:
         size = _input_size(args, args.space)
-        configs += space_op_configs(args.space, size, _shape(args, args.space, size))
+        configs += space_op_configs(args.space, size, _shape(args, args.space, size, SearchConfig()))
     if not configs:
         raise HwnasError("nothing to predict: give --key KEY, --space SPACE or --genotype GENOTYPE")
     results = estimate(_tables(args.table, args.space), configs)

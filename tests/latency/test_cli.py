@@ -103,6 +103,17 @@ def test_predict_phone_table_at_another_resolution(cli, user_tables):
     assert len(lines) == 70 and all(" predicted " in line for line in lines)
 
 
+def test_predict_genotype_estimates_the_network_train_builds(user_tables, capsys):
+    def layers(*flags):
+        assert main(["predict", "--table", "cpu", "--genotype", "DARTS_V2", "--json", *flags]) == 0
+        return [row["key"] for row in json.loads(capsys.readouterr().out)["layers"]]
+
+    trained = layers()  # hwnas train's default shape: 16 channels, 8 cells (8 edges each)
+    assert len(trained) == 2 + 8 * 8 and trained[0] == "Conv-input:32x32x3-output:32x32x48"
+    searched = layers("--init-channels", "8", "--layers", "5")
+    assert len(searched) == 2 + 5 * 8 and searched[0] == "Conv-input:32x32x3-output:32x32x24"
+
+
 def test_predict_errors(user_tables, capsys):
     assert main(["predict", "--table", "mobile"]) == 2
     assert main(["predict", "--table", "pixel9", "--space", "mobile"]) == 2
