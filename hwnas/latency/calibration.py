@@ -12,6 +12,7 @@ resumes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -88,23 +89,28 @@ def combine_rounds(measurements) -> TableEntry:
 def in_fresh_process(fn, *args):
     """`fn(*args)` in a freshly spawned process (picklable arguments and result); its exception is raised here.
 
-    The process never outlives this call: an exception here (Ctrl-C, SIGTERM) terminates it, and it exits by
-    itself once its parent is gone (killed outright), rather than go on measuring into a table, and timing
-    against whatever runs next, as an orphan."""
+    The process never outlives this call: an exception here (Ctrl-C, SIGTERM) stops it, and it exits by itself
+    once its parent is gone (killed outright), rather than go on measuring into a table, and timing against
+    whatever runs next, as an orphan. It starts with SIGINT ignored, so that a Ctrl-C during its imports does
+    not print a traceback from the middle of them: until its handlers are in place it is terminated instead."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     results, sender = context.Pipe(duplex=False)
     process = context.Process(target=_send_result, args=(sender, os.getpid(), fn, args), daemon=True)
-    process.start()
+    with _sigint_ignored():
+        process.start()
     sender.close()
+    started = False
     try:
+        results.recv()  # STARTED
+        started = True
         ok, value = results.recv()
         process.join(STOP_GRACE_S)  # it exits by itself once it has sent its result (its exit handlers take a while)
     except EOFError:
         raise HwnasError(f"the measuring process died ({_exit_status(process)})") from None
     finally:
-        if process.is_alive():  # interrupted here: as Ctrl-C would, so that it cleans up (its locks, its files)
+        if process.is_alive() and (started or results.poll()):  # as Ctrl-C would: it cleans up (locks, files)
             os.kill(process.pid, signal.SIGINT)
             process.join(STOP_GRACE_S)
         if process.is_alive():
@@ -116,6 +122,22 @@ def in_fresh_process(fn, *args):
     return value
 
 
+STARTED = "started"  # what a fresh process sends first, once SIGINT raises KeyboardInterrupt in it
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this (main) thread meanwhile, and so in the processes it starts (spawn keeps it so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _exit_status(process) -> str:
     process.join()
     code = process.exitcode
@@ -124,7 +146,8 @@ def _exit_status(process) -> str:
 
 def _send_result(sender, parent_pid: int, fn, args) -> None:
     """In the fresh process: `fn(*args)` or its exception into `sender`, while a thread watches the parent."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where it was started with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # it was started with SIGINT ignored
+    sender.send(STARTED)
     threading.Thread(target=_exit_without, args=(parent_pid,), daemon=True).start()
     try:
         result = (True, fn(*args))

@@ -106,6 +106,38 @@ def _gone(pid: int, timeout_s: float) -> bool:
     return False
 
 
+def _profile(out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "hwnas", "profile", "--device", "cpu", "--out", str(out),
+                             "--no-progress"], stderr=subprocess.PIPE, text=True, env=env, **popen)  # fmt: skip
+
+
+def _measuring_process(command: subprocess.Popen) -> int:
+    """The pid of the round's process of a running `hwnas profile` (spawn also starts a tracker)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        measuring = [p for p in _children(command.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        if measuring:
+            return measuring[0]
+        time.sleep(0.05)
+    raise AssertionError("no measuring process started")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the measuring process through /proc")
+def test_ctrl_c_as_the_measuring_process_starts_prints_no_traceback(tmp_path):
+    """Ctrl-C reaches the whole process group, the measuring process too, likely in the middle of its imports:
+    one line from the command, exit code 130, no traceback from either process, none left behind."""
+    out = tmp_path / "cpu.json"
+    command = _profile(out, start_new_session=True)
+    measuring = _measuring_process(command)
+    os.killpg(command.pid, signal.SIGINT)
+    _stdout, stderr = command.communicate(timeout=60)
+    assert _gone(measuring, timeout_s=10), "the measuring process outlived the command"
+    assert command.returncode == 130 and "Traceback" not in stderr, stderr
+    last = f"hwnas: interrupted; continue with: the same command ({out} keeps what was measured)"
+    assert stderr.strip().splitlines()[-1] == last, stderr
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the measuring process through /proc")
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_profile_leaves_no_measuring_process_behind(tmp_path, stop):
@@ -113,19 +145,12 @@ def test_a_stopped_profile_leaves_no_measuring_process_behind(tmp_path, stop):
     continue, exit code 143, the round's process stopped; SIGKILL (no chance to clean up): the round's process
     notices its parent is gone and exits rather than go on measuring into the table as an orphan."""
     out = tmp_path / "cpu.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = subprocess.Popen([sys.executable, "-m", "hwnas", "profile", "--device", "cpu", "--out", str(out),
-                                "--no-progress"], stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    deadline = time.monotonic() + 120
-    measuring = []
-    while not measuring and time.monotonic() < deadline:  # the round's process (spawn also starts a tracker)
-        measuring = [p for p in _children(command.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        time.sleep(0.2)
-    assert measuring, "no measuring process started"
+    command = _profile(out)
+    measuring = _measuring_process(command)
     time.sleep(2)  # it is measuring now
     command.send_signal(stop)
     _stdout, stderr = command.communicate(timeout=60)
-    assert _gone(measuring[0], timeout_s=10), "the measuring process outlived the command"
+    assert _gone(measuring, timeout_s=10), "the measuring process outlived the command"
     if stop == signal.SIGTERM:
         assert command.returncode == 143 and "Traceback" not in stderr, stderr
         assert stderr.strip().splitlines()[-1] == (
