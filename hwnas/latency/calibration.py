@@ -127,7 +127,8 @@ STARTED = "started"  # what a fresh process sends first, once SIGINT raises Keyb
 
 @contextlib.contextmanager
 def _sigint_ignored():
-    """SIGINT ignored in this (main) thread meanwhile, and so in the processes it starts (spawn keeps it so)."""
+    """SIGINT ignored meanwhile, and so in the processes started meanwhile (spawn keeps it so); only the main
+    thread may change a handler, elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
