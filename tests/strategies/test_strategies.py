@@ -38,6 +38,20 @@ def test_each_strategy_moves_alpha_and_derives(name):
     genotype.validate()
 
 
+@pytest.mark.parametrize("name", ["darts", "pcdarts"])
+def test_arch_step_computes_the_alpha_gradient_alone(name):
+    """The α step's gradient is a full backward's, and no weight gradient is computed (they would be discarded)."""
+    strategy, net = _prepared(name)
+    val = _batch(seed=1)
+    strategy.arch_objective(strategy.task_loss(val)[0]).backward()
+    expected = [a.grad.clone() for a in net.arch_parameters()]
+    net.zero_grad(set_to_none=True)
+    strategy.arch_step(_batch(), val)
+    for grad, alpha in zip(expected, net.arch_parameters()):
+        torch.testing.assert_close(alpha.grad, grad)
+    assert all(w.grad is None for w in net.weights())
+
+
 def test_second_order_gradient_matches_exact_hessian_vector_product():
     """DARTS Eq. 7 by finite differences (Eq. 8) against autograd through the unrolled step, in float64."""
     strategy, net = _prepared(
