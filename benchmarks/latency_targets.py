@@ -118,7 +118,8 @@ def step_costs(batch: int, repeats: int) -> list[dict]:
         net = space.build_supernet(cfg, 1, 10)
         strategy.prepare(net)
         strategy.generator.manual_seed(0)
-        saved = saved_by(net)  # the supernet's forward first: it samples the path
+        with net.architecture_fixed():  # as a weight step runs it
+            saved = saved_by(net)  # the supernet's forward first: it samples the path
         path_saved = saved_by(path_network(net, space, cfg))
         times = []
         for _ in range(repeats):

@@ -143,8 +143,9 @@ class Strategy:
 
     def weight_step(self, batch) -> dict[str, float]:
         self.w_opt.zero_grad(set_to_none=True)
-        loss, acc = self.task_loss(batch)
-        loss.backward()
+        with self.supernet.architecture_fixed():
+            loss, acc = self.task_loss(batch)
+            loss.backward()
         self.sync_and_clip_weights(self.supernet.weights())
         self.w_opt.step()
         return {"train_loss": loss.item(), "train_acc": acc}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -42,6 +44,19 @@ class Supernet(nn.Module):
 
     def _arch_parameter_list(self) -> list[nn.Parameter]:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def architecture_fixed(self):
+        """α (and β) without gradient meanwhile, as a weight step wants them: its forward then keeps no candidate
+        outputs for ∂L/∂α (a fifth of the bytes a DARTS supernet saves) and its backward computes none."""
+        arch = [p for p in self.arch_parameters() if p.requires_grad]
+        for p in arch:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in arch:
+                p.requires_grad_(True)
 
     def weights(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self.arch_parameters()}

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from hwnas.config import grad_clip_for
 from hwnas.errors import HwnasError
+from hwnas.memory import saved_tensor_bytes
 from hwnas.spaces import get_space
 from hwnas.strategies import STRATEGIES
 from tests.conftest import tiny_search_config
@@ -50,6 +51,26 @@ def test_arch_step_computes_the_alpha_gradient_alone(name):
     for grad, alpha in zip(expected, net.arch_parameters()):
         torch.testing.assert_close(alpha.grad, grad)
     assert all(w.grad is None for w in net.weights())
+
+
+@pytest.mark.parametrize("name", ["darts", "pcdarts"])
+def test_weight_step_computes_the_weight_gradients_alone(name):
+    """The weight step's gradients are a full backward's, with no α gradient and fewer bytes kept for backward
+    (the weighted sums keep no candidate outputs for ∂L/∂α)."""
+    strategy, net = _prepared(name, grad_clip=0.0)  # unclipped, as the reference
+    batch = _batch()
+    F.cross_entropy(net(batch[0]), batch[1]).backward()
+    expected = [w.grad.clone() for w in net.weights()]
+    full = saved_tensor_bytes(lambda: F.cross_entropy(net(batch[0]), batch[1]), exclude=list(net.parameters()))
+    with net.architecture_fixed():
+        fixed = saved_tensor_bytes(lambda: F.cross_entropy(net(batch[0]), batch[1]), exclude=list(net.parameters()))
+    assert fixed < full
+    net.zero_grad(set_to_none=True)
+    strategy.w_opt = torch.optim.SGD(net.weights(), lr=0.0)  # leaves the weights as they are
+    strategy.weight_step(batch)
+    for grad, weight in zip(expected, net.weights()):
+        torch.testing.assert_close(weight.grad, grad)
+    assert all(a.grad is None and a.requires_grad for a in net.arch_parameters())
 
 
 def test_second_order_gradient_matches_exact_hessian_vector_product():
