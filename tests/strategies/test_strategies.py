@@ -41,16 +41,21 @@ def test_each_strategy_moves_alpha_and_derives(name):
 
 @pytest.mark.parametrize("name", ["darts", "pcdarts"])
 def test_arch_step_computes_the_alpha_gradient_alone(name):
-    """The α step's gradient is a full backward's, and no weight gradient is computed (they would be discarded)."""
+    """The α step's gradient is a full backward's, with no weight gradient (it would be discarded) and fewer bytes
+    kept for backward (no layer inputs for weight gradients)."""
     strategy, net = _prepared(name)
     val = _batch(seed=1)
     strategy.arch_objective(strategy.task_loss(val)[0]).backward()
     expected = [a.grad.clone() for a in net.arch_parameters()]
+    full = saved_tensor_bytes(lambda: strategy.task_loss(val)[0], exclude=list(net.parameters()))
+    with net.weights_fixed():
+        fixed = saved_tensor_bytes(lambda: strategy.task_loss(val)[0], exclude=list(net.parameters()))
+    assert fixed < full
     net.zero_grad(set_to_none=True)
     strategy.arch_step(_batch(), val)
     for grad, alpha in zip(expected, net.arch_parameters()):
         torch.testing.assert_close(alpha.grad, grad)
-    assert all(w.grad is None for w in net.weights())
+    assert all(w.grad is None and w.requires_grad for w in net.weights())
 
 
 @pytest.mark.parametrize("name", ["darts", "pcdarts"])
