@@ -112,11 +112,18 @@ def _profile(out: Path, **popen) -> subprocess.Popen:
                              "--no-progress"], stderr=subprocess.PIPE, text=True, env=env, **popen)  # fmt: skip
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it exited since it was listed
+        return b""
+
+
 def _measuring_process(command: subprocess.Popen) -> int:
     """The pid of the round's process of a running `hwnas profile` (spawn also starts a tracker)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        measuring = [p for p in _children(command.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        measuring = [p for p in _children(command.pid) if b"spawn_main" in _cmdline(p)]
         if measuring:
             return measuring[0]
         time.sleep(0.05)
