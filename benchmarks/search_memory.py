@@ -21,7 +21,10 @@ step per backend (Triton compiles, cuDNN chooses), then --repeats rounds of one 
 rotating. step_ms / cpu_ms are the median wall and process CPU time of a row's steps (CUDA events on CUDA);
 wall_x_first_backend the median over rounds of its step's ratio to the first --backends choice's step of the same
 round, which cancels the drift of a shared machine (several percent within minutes, as much as two backends
-differ); x naive in the printed table divides medians taken in separate processes.
+differ). The timing processes run in --cycles cycles, each timing every variant of one batch size back to back
+before the next size; step_x_naive / cpu_x_naive are the median over cycles of a row's median time over naive's
+in the same cycle (a shared VM's speed drifted by 25% within an hour, more than variants taken minutes apart
+may differ).
 
 Networks and batches take the memory format searches use on the device (--layout auto: NHWC on the CPU, see
 hwnas.device.memory_format); --layout nchw measures the other.
@@ -220,21 +223,36 @@ def run_worker(args, *worker: str, kernels: str = "auto"):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def add_times(rows: list[dict], times: dict, rounds: int) -> None:
-    """Each row's median step time over the rounds; with several backends, its median ratio to the first
-    backend's step of the same round."""
-    first = next(iter(times))
+def add_times(rows: list[dict], cycles: list[dict], rounds: int) -> None:
+    """Each row's median step time over every cycle's rounds; with several backends, its median ratio to the
+    first backend's step of the same round; with naive timed, its median over cycles of its time over naive's.
+    `cycles`: per cycle, {(variant, batch): time_backends' result}."""
     for r in rows:
-        t = times[r["kernels"]]
-        r.update(timed_rounds=rounds, step_ms=round(statistics.median(t["wall_ms"]), 1),
-                 cpu_ms=round(statistics.median(t["cpu_ms"]), 1))  # fmt: skip
-        if len(times) > 1:
-            ratios = [a / b for a, b in zip(t["wall_ms"], times[first]["wall_ms"])]
+        runs = [cycle[r["variant"], r["batch"]] for cycle in cycles]
+        first = next(iter(runs[0]))
+        wall = [t for run in runs for t in run[r["kernels"]]["wall_ms"]]
+        cpu = [t for run in runs for t in run[r["kernels"]]["cpu_ms"]]
+        r.update(timed_rounds=rounds, timed_cycles=len(cycles), step_ms=round(statistics.median(wall), 1),
+                 cpu_ms=round(statistics.median(cpu), 1))  # fmt: skip
+        if len(runs[0]) > 1:
+            ratios = [a / b for run in runs for a, b in zip(run[r["kernels"]]["wall_ms"], run[first]["wall_ms"])]
             r["wall_x_first_backend"] = round(statistics.median(ratios), 3)
+        if all(("naive", r["batch"]) in cycle for cycle in cycles):
+            for key in ("wall_ms", "cpu_ms"):
+                ratios = [
+                    statistics.median(cycle[r["variant"], r["batch"]][r["kernels"]][key])
+                    / statistics.median(cycle["naive", r["batch"]]["auto"][key])
+                    for cycle in cycles
+                ]
+                r[f"{'step' if key == 'wall_ms' else 'cpu'}_x_naive"] = round(statistics.median(ratios), 3)
 
 
 def _ratio(row: dict, ref: dict | None, key: str) -> str:
     return f"{row[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
+
+
+def _x_naive(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
 
 
 def _paired(row: dict, key: str) -> str:
@@ -250,13 +268,13 @@ def table(rows: list[dict]) -> str:
     head += f"{'step ms':>9} {'x naive':>8} {'cpu ms':>9} {'x naive':>8} {'x 1st backend':>13} {'max batch@4GiB':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        d, n = by.get(("discrete", r["batch"])), by.get(("naive", r["batch"]))
+        d = by.get(("discrete", r["batch"]))
         key, width = ("peak_cuda_bytes", 13) if cuda else ("peak_rss_bytes", 12)
         lines.append(
             f"{r['variant']:<9} {r['backend']:<9} {r['batch']:>5} "
             f"{r['saved_bytes'] / mib:>10.1f} {_ratio(r, d, 'saved_bytes'):>10} "
             f"{r[key] / mib:>{width}.1f} {_ratio(r, d, key):>10} {r['step_ms']:>9.1f} "
-            f"{_ratio(r, n, 'step_ms'):>8} {r['cpu_ms']:>9.0f} {_ratio(r, n, 'cpu_ms'):>8} "
+            f"{_x_naive(r, 'step_x_naive'):>8} {r['cpu_ms']:>9.0f} {_x_naive(r, 'cpu_x_naive'):>8} "
             f"{_paired(r, 'wall_x_first_backend'):>13} {r['max_batch_4gib']:>14}"
         )
     return "\n".join(lines)
@@ -276,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["auto"],
         help="$HWNAS_KERNELS values the fused variants run under (default auto)",
     )
+    parser.add_argument("--cycles", type=int, default=3, help="timing cycles over the variants (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument(
         "--layout",
@@ -308,19 +327,26 @@ def main(argv: list[str] | None = None) -> int:
         group = []
         for batch in args.batch_sizes:
             backends = args.backends if variant in FUSED else ["auto"]
-            batch_rows = [
-                {**run_worker(args, "--worker", variant, str(batch), kernels=k), "kernels": k} for k in backends
-            ]
-            times = run_worker(args, "--timing-worker", variant, str(batch), "--backends", *backends)
-            add_times(batch_rows, times, args.repeats)
-            log.info("%s batch %d: %s", variant, batch, batch_rows)
-            group += batch_rows
+            group += [{**run_worker(args, "--worker", variant, str(batch), kernels=k), "kernels": k} for k in backends]
+            log.info("%s batch %d: %s", variant, batch, group[-len(backends) :])
         for kernels in {r["kernels"] for r in group}:
             same = [r for r in group if r["kernels"] == kernels]
             fit = max_batch(same)
             for r in same:
                 r["max_batch_4gib"] = fit
         rows += group
+    cycles = []
+    for cycle in range(args.cycles):
+        times = {}
+        for batch in args.batch_sizes:
+            for variant in args.variants:
+                backends = args.backends if variant in FUSED else ["auto"]
+                run = times[variant, batch] = run_worker(args, "--timing-worker", variant, str(batch),
+                                                         "--backends", *backends)  # fmt: skip
+                log.info("cycle %d, %s batch %d: %s", cycle + 1, variant, batch,
+                         {k: round(statistics.median(t["wall_ms"]), 1) for k, t in run.items()})  # fmt: skip
+        cycles.append(times)
+    add_times(rows, cycles, args.repeats)
     print(table(rows))
     write_json_atomic(args.json, rows)
     log.info("wrote %s", args.json)

@@ -4,9 +4,10 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from hwnas.ops import DARTS_PRIMITIVES, MOBILE_OPS, MOBILE_PRIMITIVES, OPS, OpConfig
-from hwnas.ops.darts import FactorizedReduce
+from hwnas.ops.darts import BatchNorm2d, FactorizedReduce
 
 
 @pytest.mark.parametrize("name", DARTS_PRIMITIVES)
@@ -58,7 +59,8 @@ def test_opconfig_key_round_trip():
 
 NHWC_FACTORIZED_REDUCE = """
 import copy, torch
-from hwnas.ops.darts import FactorizedReduce
+from hwnas.ops.darts import BatchNorm2d, FactorizedReduce
+from torch import nn
 torch.set_num_threads(2)  # as a search on a 2-core machine: one thread did not crash
 torch.manual_seed(0)
 for batch, channels, size in ((9, 4, 16), (9, 8, 32), (7, 4, 16), (9, 8, 15)):
@@ -86,3 +88,32 @@ def test_factorized_reduce_trains_in_channels_last_with_few_channels():
     done = subprocess.run([sys.executable, "-c", NHWC_FACTORIZED_REDUCE], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "2"})  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize(("channels", "nchw_inside"), [(4, True), (7, True), (8, False)])
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_takes_narrow_nhwc_through_nchw(monkeypatch, channels, nchw_inside, affine):
+    """Below 8 channels an NHWC input is normalised in NCHW (torch's NHWC kernel is slow there); values,
+    gradients and running statistics are nn.BatchNorm2d's, and the output keeps the input's layout."""
+    seen = []
+    forward = nn.BatchNorm2d.forward
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", lambda self, x: seen.append(x.is_contiguous()) or forward(self, x))
+    torch.manual_seed(0)
+    ours, plain = BatchNorm2d(channels, affine=affine), nn.BatchNorm2d(channels, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5), ours.bias.normal_()
+        plain.load_state_dict(ours.state_dict())
+    x = torch.randn(5, channels, 7, 9) * 3 + 1  # (B, C, H, W)
+    g = torch.randn(5, channels, 7, 9)
+    results = []
+    for norm, xi in ((ours, x.contiguous(memory_format=torch.channels_last)), (plain, x)):
+        xi = xi.clone().requires_grad_()
+        y = norm(xi)
+        y.backward(g)
+        results.append((y, xi.grad, *(p.grad for p in norm.parameters()), norm.running_mean, norm.running_var))
+        if norm is ours:
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            assert seen[-1] is nchw_inside
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

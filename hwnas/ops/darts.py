@@ -25,12 +25,27 @@ DARTS_PRIMITIVES = (
 )
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that normalises a CPU channels-last (NHWC) input of fewer than 8 channels in NCHW.
+
+    torch's channels-last CPU batch norm vectorises over channels and is slow below that width: forward and
+    backward on (64, 4, 32, 32) took 2.95 ms in NHWC, 1.20 ms in NCHW plus 4 × 0.14 ms of copies (from 8 channels
+    on, NHWC is the faster). PC-DARTS hands its first cells' candidates C/K = 4 channels. Same values and
+    gradients either way; the output keeps the input's layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        narrow_nhwc = x.dim() == 4 and x.shape[1] < 8 and x.device.type == "cpu" and not x.is_contiguous()
+        if narrow_nhwc and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
+            BatchNorm2d(c_out, affine=affine),
         )
 
 
@@ -42,7 +57,7 @@ class DilConv(nn.Sequential):
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
+            BatchNorm2d(c_out, affine=affine),
         )
 
 
@@ -85,7 +100,7 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
@@ -116,6 +131,6 @@ OPS.register("conv_7x1_1x7")(
         nn.ReLU(inplace=False),
         nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
-        nn.BatchNorm2d(C, affine=affine),
+        BatchNorm2d(C, affine=affine),
     )
 )

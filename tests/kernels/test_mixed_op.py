@@ -93,6 +93,33 @@ def test_matches_reference(kernels, batch, c, hw, stride, layout, active):
     compare(ops, x, row_weights(len(DARTS_PRIMITIVES), device=kernels.device), active)
 
 
+class _RecordsLayout(nn.Module):
+    """A parametrised candidate that notes whether each input it runs on is dense NHWC."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+        self.dense = []
+
+    def forward(self, x):
+        self.dense.append(x.is_contiguous(memory_format=torch.channels_last))
+        return self.conv(x)
+
+
+def test_candidates_run_on_a_dense_copy_of_a_channel_slice():
+    """PC-DARTS hands the mixed op a channel slice of an NHWC node: the candidates get one dense copy per pass
+    (forward and recomputation) instead of each op copying or striding through it; gradients as the reference."""
+    torch.manual_seed(0)
+    ops = nn.ModuleList([_RecordsLayout(3), nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Identity()])
+    node = torch.randn(2, 12, 6, 5).contiguous(memory_format=torch.channels_last)
+    x = node[:, :3]  # (B, C/K, H, W), strided
+    assert not x.is_contiguous(memory_format=torch.channels_last)
+    compare(ops, x, row_weights(3), [0, 1, 2], buffers=False)
+    fused = copy.deepcopy(ops)
+    run(fused_mixed_op, fused, x, row_weights(3), [0, 1, 2])
+    assert fused[0].dense == [True, True]  # forward, recomputation
+
+
 def test_zero_weights_skipped_but_weight_gradient_exact(kernels):
     dev = kernels.device
     ops = make_ops(4, 1, device=dev)
