@@ -23,8 +23,8 @@ wall_x_first_backend the median over rounds of its step's ratio to the first --b
 round, which cancels the drift of a shared machine (several percent within minutes, as much as two backends
 differ). The timing processes run in --cycles cycles, each timing every variant of one batch size back to back
 before the next size; step_x_naive / cpu_x_naive are the median over cycles of a row's median time over naive's
-in the same cycle (a shared VM's speed drifted by 25% within an hour, more than variants taken minutes apart
-may differ).
+in the same cycle (a shared VM's speed drifted by a third within an hour, more than variants taken minutes
+apart may differ).
 
 Networks and batches take the memory format searches use on the device (--layout auto: NHWC on the CPU, see
 hwnas.device.memory_format); --layout nchw measures the other.
@@ -238,13 +238,13 @@ def add_times(rows: list[dict], cycles: list[dict], rounds: int) -> None:
             ratios = [a / b for run in runs for a, b in zip(run[r["kernels"]]["wall_ms"], run[first]["wall_ms"])]
             r["wall_x_first_backend"] = round(statistics.median(ratios), 3)
         if all(("naive", r["batch"]) in cycle for cycle in cycles):
-            for key in ("wall_ms", "cpu_ms"):
+            for key, name in (("wall_ms", "step_x_naive"), ("cpu_ms", "cpu_x_naive")):
                 ratios = [
                     statistics.median(cycle[r["variant"], r["batch"]][r["kernels"]][key])
                     / statistics.median(cycle["naive", r["batch"]]["auto"][key])
                     for cycle in cycles
                 ]
-                r[f"{'step' if key == 'wall_ms' else 'cpu'}_x_naive"] = round(statistics.median(ratios), 3)
+                r[name] = round(statistics.median(ratios), 3)
 
 
 def _ratio(row: dict, ref: dict | None, key: str) -> str:

@@ -222,7 +222,7 @@ def _rng_state(device: torch.device):
 def _dense(x: torch.Tensor) -> torch.Tensor:
     """x itself if dense, else a dense copy in its layout. PC-DARTS hands the op a channel slice of a node; one
     copy per pass, made here, replaces the copies each candidate's pooling, convolution and ⟨g, o_k(x)⟩ made of it
-    (6% of a pc_fused step in NHWC at batch 16 and 64, paired in one process)."""
+    (4–6% of a pc_fused step in NHWC at batch 16 and 64, paired in one process)."""
     return x.contiguous(memory_format=suggest_memory_format(x))
 
 

@@ -34,8 +34,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     gradients either way; the output keeps the input's layout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        narrow_nhwc = x.dim() == 4 and x.shape[1] < 8 and x.device.type == "cpu" and not x.is_contiguous()
-        if narrow_nhwc and x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if nhwc and x.shape[1] < 8 and x.device.type == "cpu":
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
