@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.kernels.conftest import ROOT
+from tests.latency.helpers import load_benchmark
 
 SCRIPT = ROOT / "benchmarks" / "search_memory.py"
 
@@ -39,11 +40,7 @@ def test_rows_hold_memory_and_round_robin_times(tmp_path: Path):
 def test_x_naive_is_the_median_over_cycles_of_same_cycle_ratios():
     """A VM that slows between cycles moves both variants alike: the ratio of each cycle survives, not that of
     times taken in different cycles."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from search_memory import add_times
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    add_times = load_benchmark("search_memory").add_times
 
     def run(wall_ms: list[float], cpu_ms: list[float]) -> dict:
         return {"auto": {"wall_ms": wall_ms, "cpu_ms": cpu_ms}}
