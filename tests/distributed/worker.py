@@ -14,9 +14,9 @@ records, per rank, into OUT:
 
 `--isolate-bn` makes every BatchNorm normalise by its running statistics (mean 0, variance 1, never updated)
 instead of the batch's, so a shard and the whole batch are normalised alike; `--stall RANK EPOCH` makes rank RANK
-sleep at the first step of EPOCH (0-based), as a process that hangs without dying; `--exit-at STEP` makes rank 0
-exit (code 3, at once) as it starts the run's STEP-th step (0-based, counted over epochs), as a job killed
-there after rank 0 saved what it had done (the launcher then stops the others).
+sleep at the first step of EPOCH (0-based), as a process that hangs without dying until the launcher's SIGTERM;
+`--exit-at STEP` makes rank 0 exit (code 3, at once) as it starts the run's STEP-th step (0-based, counted over
+epochs), as a job killed there after rank 0 saved what it had done (the launcher then stops the others).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,7 @@ def _stall_at(rank: int, epoch: int) -> None:
 
     def stalling_step(self, train_batch, val_batch):
         if distributed.rank() == rank and self.epoch == epoch:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not hwnas's stop-at-the-next-step
             time.sleep(3600)
         return step(self, train_batch, val_batch)
 

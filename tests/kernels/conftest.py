@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import sys
@@ -29,13 +30,16 @@ def native_ops():
     if not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))):
         pytest.skip("no cmake or C++ compiler")
     build = ROOT / "build" / "native"
-    for cmd in (
-        ["cmake", "-S", str(ROOT), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
-        ["cmake", "--build", str(build), "-j2"],
-    ):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    assert backend.load_native(), backend._native_status
+    build.mkdir(parents=True, exist_ok=True)
+    with (build.parent / "native.lock").open("w") as lock:  # one build at a time: each pytest-xdist worker asks
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for cmd in (
+            ["cmake", "-S", str(ROOT), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
+            ["cmake", "--build", str(build), "-j2"],
+        ):
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+            assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert backend.load_native(), backend._native_status
     return torch.ops.hwnas
 
 
