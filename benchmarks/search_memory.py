@@ -251,12 +251,8 @@ def _ratio(row: dict, ref: dict | None, key: str) -> str:
     return f"{row[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
 
 
-def _x_naive(row: dict, key: str) -> str:
-    return f"{row[key]:.2f}" if key in row else "-"
-
-
-def _paired(row: dict, key: str) -> str:
-    return f"{row[key]:.3f}" if key in row else "-"
+def _optional(row: dict, key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f}" if key in row else "-"
 
 
 def table(rows: list[dict]) -> str:
@@ -274,10 +270,15 @@ def table(rows: list[dict]) -> str:
             f"{r['variant']:<9} {r['backend']:<9} {r['batch']:>5} "
             f"{r['saved_bytes'] / mib:>10.1f} {_ratio(r, d, 'saved_bytes'):>10} "
             f"{r[key] / mib:>{width}.1f} {_ratio(r, d, key):>10} {r['step_ms']:>9.1f} "
-            f"{_x_naive(r, 'step_x_naive'):>8} {r['cpu_ms']:>9.0f} {_x_naive(r, 'cpu_x_naive'):>8} "
-            f"{_paired(r, 'wall_x_first_backend'):>13} {r['max_batch_4gib']:>14}"
+            f"{_optional(r, 'step_x_naive', 2):>8} {r['cpu_ms']:>9.0f} {_optional(r, 'cpu_x_naive', 2):>8} "
+            f"{_optional(r, 'wall_x_first_backend', 3):>13} {r['max_batch_4gib']:>14}"
         )
     return "\n".join(lines)
+
+
+def _backends(args, variant: str) -> list[str]:
+    """The kernel backends a variant is measured under: the fused ones under each --backends choice."""
+    return args.backends if variant in FUSED else ["auto"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.timing_worker:
         variant, batch = args.timing_worker[0], int(args.timing_worker[1])
-        backends = args.backends if variant in FUSED else ["auto"]
+        backends = _backends(args, variant)
         print(json.dumps(time_backends(variant, backends, batch, args.device, args.repeats, args.threads, args.layout)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         group = []
         for batch in args.batch_sizes:
-            backends = args.backends if variant in FUSED else ["auto"]
+            backends = _backends(args, variant)
             group += [{**run_worker(args, "--worker", variant, str(batch), kernels=k), "kernels": k} for k in backends]
             log.info("%s batch %d: %s", variant, batch, group[-len(backends) :])
         for kernels in {r["kernels"] for r in group}:
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         times = {}
         for batch in args.batch_sizes:
             for variant in args.variants:
-                backends = args.backends if variant in FUSED else ["auto"]
+                backends = _backends(args, variant)
                 run = times[variant, batch] = run_worker(args, "--timing-worker", variant, str(batch),
                                                          "--backends", *backends)  # fmt: skip
                 log.info("cycle %d, %s batch %d: %s", cycle + 1, variant, batch,

@@ -59,8 +59,7 @@ def test_opconfig_key_round_trip():
 
 NHWC_FACTORIZED_REDUCE = """
 import copy, torch
-from hwnas.ops.darts import BatchNorm2d, FactorizedReduce
-from torch import nn
+from hwnas.ops.darts import FactorizedReduce
 torch.set_num_threads(2)  # as a search on a 2-core machine: one thread did not crash
 torch.manual_seed(0)
 for batch, channels, size in ((9, 4, 16), (9, 8, 32), (7, 4, 16), (9, 8, 15)):
