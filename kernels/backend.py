@@ -35,7 +35,7 @@ BUILD_COMMAND = (
 )
 
 _native_status: str | None = None  # None before the first load attempt, "loaded" once torch.ops.hwnas exists
-_native_devices: dict[str, bool] = {}  # device type -> the library has kernels for it
+_native_kernels: dict[tuple[str, str], bool] = {}  # (device type, op) -> the library has that op's kernel for it
 
 
 def jit(fn):
@@ -48,7 +48,7 @@ def load_native() -> bool:
     global _native_status
     if _native_status == "loaded":
         return True
-    _native_devices.clear()
+    _native_kernels.clear()
     if not NATIVE_LIBRARY.exists():
         _native_status = "not built"
     else:
@@ -61,15 +61,21 @@ def load_native() -> bool:
     return _native_status == "loaded"
 
 
-def _native_for(device_type: str) -> bool:
-    if device_type not in _native_devices:
+def _native_for(device_type: str, op: str = "dot") -> bool:
+    """Whether the native library has torch.ops.hwnas.<op> for the device (a library built from older sources
+    lacks the ops added since)."""
+    if (device_type, op) not in _native_kernels:
         if _native_status is None:
             load_native()
         key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-        _native_devices[device_type] = bool(
-            _native_status == "loaded" and key and torch._C._dispatch_has_kernel_for_dispatch_key("hwnas::dot", key)
-        )
-    return _native_devices[device_type]
+        has = False
+        if _native_status == "loaded" and key:
+            try:
+                has = torch._C._dispatch_has_kernel_for_dispatch_key(f"hwnas::{op}", key)
+            except RuntimeError:  # no such op in this build
+                has = False
+        _native_kernels[device_type, op] = has
+    return _native_kernels[device_type, op]
 
 
 def requested() -> str:
@@ -92,6 +98,12 @@ def kernel_backend(device: torch.device, numel: int | None = None, triton_min_nu
         if choice == "triton" or (choice == "auto" and (numel is None or numel >= triton_min_numel)):
             return "triton"
     return "native" if _native_for(device.type) else "reference"
+
+
+def native_op(op: str, device: torch.device) -> bool:
+    """Whether torch.ops.hwnas.<op> runs for `device`: a native-only kernel (no Triton version) under `auto` or
+    `native`, where the library is built with it."""
+    return requested() != "reference" and _native_for(device.type, op)
 
 
 def backend_report() -> dict[str, str]:

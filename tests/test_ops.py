@@ -36,7 +36,7 @@ def test_skip_connect_is_identity_or_factorized_reduce():
 def test_sep_conv_structure_is_relu_dw_pw_bn_twice():
     op = OPS.get("sep_conv_3x3")(4, 1, True)
     layers = [type(m).__name__ for m in op.modules() if not list(m.children())]
-    assert layers == ["ReLU", "Conv2d", "Conv2d", "BatchNorm2d"] * 2
+    assert layers == ["ReLU", "DepthwiseConv2d", "Conv2d", "BatchNorm2d"] * 2
     bn_affine = OPS.get("sep_conv_3x3")(4, 1, False)[0][3]
     assert not bn_affine.affine
 

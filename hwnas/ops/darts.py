@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hwnas.ops.depthwise import DepthwiseConv2d
 from hwnas.registry import Registry
 
 OPS: Registry = Registry("op")  # name -> factory(C, stride, affine) -> nn.Module
@@ -55,7 +56,7 @@ class DilConv(nn.Sequential):
     def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            DepthwiseConv2d(c_in, kernel, stride, padding, dilation),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             BatchNorm2d(c_out, affine=affine),
         )

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hwnas.errors import HwnasError
+from hwnas.ops.depthwise import DepthwiseConv2d
 from hwnas.registry import Registry
 
 MOBILE_OPS: Registry = Registry("mobile op")
@@ -23,9 +24,14 @@ MOBILE_PRIMITIVES = tuple(f"mbconv_k{k}_e{e}" for k in (3, 5, 7) for e in (3, 6)
 _MBCONV_NAME = re.compile(r"mbconv_k(\d+)_e(\d+)$")
 
 
-def conv_bn_relu6(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1) -> nn.Sequential:
+def conv_bn_relu6(c_in: int, c_out: int, kernel: int, stride: int, depthwise: bool = False) -> nn.Sequential:
+    conv = (
+        DepthwiseConv2d(c_in, kernel, stride, kernel // 2)
+        if depthwise
+        else nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+    )
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        conv,
         nn.BatchNorm2d(c_out),
         nn.ReLU6(inplace=False),
     )
@@ -40,7 +46,7 @@ class MBConv(nn.Module):
         if expand != 1:
             layers.append(conv_bn_relu6(c_in, hidden, 1, 1))
         layers += [
-            conv_bn_relu6(hidden, hidden, kernel, stride, groups=hidden),
+            conv_bn_relu6(hidden, hidden, kernel, stride, depthwise=True),
             nn.Conv2d(hidden, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out),
         ]

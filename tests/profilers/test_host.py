@@ -27,7 +27,7 @@ def check(profiler, ops):
         m = profiler.measure_op(op)
         assert m.median_ms > 0 and m.iqr_ms >= 0 and 3 <= m.runs <= FAST.runs
         medians.append(m.median_ms)
-    assert medians[-1] > 5 * medians[0], medians
+    assert medians[-1] > 3 * medians[0], medians  # 5x on the Xeon VM; 3.4-4.8x on an AMD EPYC one
     meta = profiler.metadata()
     assert meta["machine"]["threads"] == 1 and meta["protocol"]["runs"] == FAST.runs
     assert meta["protocol"]["clock"] in ("thread", "cuda-events")
