@@ -5,8 +5,9 @@ The forward is torch's own convolution. Its backward on the CPU is oneDNN's, whi
 filters that are dilated or wider than 3×3: DARTS's dil_conv_5x5 on (16, 16, 32, 32) took 16–30 ms against
 0.6 ms forward, and the depthwise backwards were 44% of a DARTS supernet step in NHWC. The native kernel
 computes the same two sums (`benchmarks/depthwise_conv.py` compares them). It runs where the library is built
-with it and `$HWNAS_KERNELS` is not `reference`, for tensors that need a gradient; exports, traces and
-`torch.compile` see a plain convolution.
+with it and `$HWNAS_KERNELS` is not `reference`, for tensors that need a gradient, on filters that are dilated
+or wider than 3×3 (undilated 3×3 ones, sep_conv_3x3 and MBConv k3, oneDNN runs as fast: 0.6–3× the native time
+in that benchmark); exports, traces and `torch.compile` see a plain convolution.
 
 Top to bottom: reference, autograd.Function, entry point.
 """
@@ -61,10 +62,11 @@ class DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
-def _native_backward(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _native_backward(x: torch.Tensor, weight: torch.Tensor, dilation: Pair) -> bool:
     return (
         torch.is_grad_enabled()
         and (x.requires_grad or weight.requires_grad)
+        and (max(dilation) > 1 or max(weight.shape[2:]) > 3)  # undilated 3x3: oneDNN's tuned kernel is as fast
         and x.dim() == 4
         and x.dtype.is_floating_point
         and not torch.compiler.is_compiling()
@@ -77,7 +79,7 @@ def _native_backward(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Pair, padding: Pair, dilation: Pair):
     """F.conv2d(x, weight, None, stride, padding, dilation, groups=C) for x (B, C, H, W) and weight (C, 1, kH,
     kW), with the native backward where it runs (see the module docstring)."""
-    if not _native_backward(x, weight):
+    if not _native_backward(x, weight, dilation):
         return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
     device = x.device.type
     if torch.is_autocast_enabled(device):  # convolve in autocast's type, as F.conv2d would; weights stay fp32

@@ -121,6 +121,9 @@ def test_entry_point_picks_native_only_where_it_runs(native_ops, monkeypatch):
     with torch.no_grad():  # inference: torch's convolution, nothing saved
         assert depthwise_conv2d(x, weight, *geometry).grad_fn is None
     assert _grad_fn_name(depthwise_conv2d(x.detach(), weight.detach(), *geometry)) == "NoneType"
+    undilated_3x3 = ((1, 1), (1, 1), (1, 1))  # oneDNN's own kernel is as fast there
+    assert _grad_fn_name(depthwise_conv2d(x, weight, *undilated_3x3)) == "ConvolutionBackward0"
+    assert _grad_fn_name(depthwise_conv2d(x, torch.randn(3, 1, 5, 5), *undilated_3x3)) == "DepthwiseConv2dBackward"
     monkeypatch.setenv(backend.ENV_VAR, "reference")
     assert _grad_fn_name(depthwise_conv2d(x, weight, *geometry)) == "ConvolutionBackward0"
 
@@ -160,8 +163,8 @@ def test_autocast_convolves_in_its_type_and_double_backward_is_torchs(native_ops
     monkeypatch.setenv(backend.ENV_VAR, "native")
     x, weight = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(3, 1, 3, 3, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = depthwise_conv2d(x, weight, (1, 1), (1, 1), (1, 1))
-    assert y.dtype == torch.bfloat16
+        y = depthwise_conv2d(x, weight, (1, 1), (2, 2), (2, 2))
+    assert y.dtype == torch.bfloat16 and _grad_fn_name(y) == "DepthwiseConv2dBackward"
     y.float().sum().backward()
     assert x.grad.dtype == weight.grad.dtype == torch.float32
     # create_graph: the gradient is itself differentiable, through torch's convolution backward
