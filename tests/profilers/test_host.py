@@ -17,8 +17,9 @@ OPS = [
 ]
 
 
-# ~200x the MACs of OPS[0]: a profiler that times the op it was given measures it far slower
-BIG = OpConfig.from_key("expanded_conv-input:32x32x32-output:32x32x32-expand:6-kernel:5-stride:1-idskip:1")
+# ~800x the MACs of OPS[0], whose time is mostly per-call overhead: a profiler that times the op it was given
+# measures it far slower (at 32x32, ~200x, an AMD EPYC VM under load measured it only 2.8-4.8x slower)
+BIG = OpConfig.from_key("expanded_conv-input:64x64x32-output:64x64x32-expand:6-kernel:5-stride:1-idskip:1")
 
 
 def check(profiler, ops):
@@ -27,7 +28,7 @@ def check(profiler, ops):
         m = profiler.measure_op(op)
         assert m.median_ms > 0 and m.iqr_ms >= 0 and 3 <= m.runs <= FAST.runs
         medians.append(m.median_ms)
-    assert medians[-1] > 3 * medians[0], medians  # 5x on the Xeon VM; 3.4-4.8x on an AMD EPYC one
+    assert medians[-1] > 5 * medians[0], medians
     meta = profiler.metadata()
     assert meta["machine"]["threads"] == 1 and meta["protocol"]["runs"] == FAST.runs
     assert meta["protocol"]["clock"] in ("thread", "cuda-events")
