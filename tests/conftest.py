@@ -1,6 +1,10 @@
+import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,15 +32,104 @@ def tiny_train_config(**changes) -> TrainConfig:
     return base.replace(**changes)
 
 
-def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m hwnas ARGS` in a subprocess, as a user would run it."""
-    env = {
+_SESSION_PYTHONPATH = os.environ.get("PYTHONPATH", "")
+
+
+def _cli_env() -> dict[str, str]:
+    return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
-    return subprocess.run([sys.executable, "-m", "hwnas", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env)  # fmt: skip
+
+
+# A process that has imported hwnas.cli (and torch with it: 4 s on an AMD EPYC VM, most of a failing command's
+# time) and runs each command in a fork of itself: a fresh process per command, as `python -m hwnas` gives, with
+# the test's environment, working directory, stdout and stderr. The CLI's import starts no thread (checked here).
+_FORK_SERVER = r"""
+import json, os, sys, threading, traceback
+from hwnas.cli import build_parser, main
+build_parser()  # imports every subcommand's module
+assert threading.active_count() == 1, "a thread before fork"
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os.chdir(request["cwd"])
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = ["hwnas", *request["args"]]
+            code = main(request["args"])
+        except SystemExit as stop:  # as the interpreter exits on it
+            if stop.code is None or isinstance(stop.code, int):
+                code = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+    print(json.dumps({"returncode": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
+"""
+
+
+class _ForkServer:
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=_cli_env(), cwd=ROOT)  # fmt: skip
+        self.pending = b""
+
+    def _reply(self, timeout: float | None) -> dict:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self.pending:
+            if not select.select([fd], [], [], timeout)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError("the CLI fork server exited")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, args: tuple[str, ...], cwd, timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"args": list(args), "env": _cli_env(), "cwd": str(cwd or os.getcwd()), "stdout": str(out),
+                       "stderr": str(err)}  # fmt: skip
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+            pid = self._reply(60)["pid"]
+            try:
+                code = self._reply(timeout)["returncode"]
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                self._reply(60)
+                raise subprocess.TimeoutExpired(["hwnas", *args], timeout) from None
+            return subprocess.CompletedProcess(["hwnas", *args], code, out.read_text(), err.read_text())
+
+
+_fork_server: _ForkServer | None = None
+
+
+def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m hwnas ARGS` as a user would run it: in a fresh process (a fork of one that has imported the CLI,
+    where the platform forks and the test keeps the session's PYTHONPATH), with this process's environment."""
+    global _fork_server
+    # a PYTHONPATH of the test's own (a fake package) takes an interpreter started with it
+    if not hasattr(os, "fork") or os.environ.get("PYTHONPATH", "") != _SESSION_PYTHONPATH:
+        return subprocess.run([sys.executable, "-m", "hwnas", *args], capture_output=True, text=True, cwd=cwd,
+                              timeout=timeout, env=_cli_env())  # fmt: skip
+    if _fork_server is None or _fork_server.process.poll() is not None:
+        _fork_server = _ForkServer()
+    return _fork_server.run(args, cwd, timeout)
 
 
 @pytest.fixture
