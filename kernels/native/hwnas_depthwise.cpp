@@ -4,7 +4,7 @@
 // (terms whose input position falls in the zero padding, or whose division is inexact, left out).
 //
 // oneDNN's depthwise backward is slow on this project's CPUs for dilated and 5×5 kernels (dil_conv_5x5 on
-// (16, 16, 32, 32): 16–30 ms against 0.6 ms forward), which made it half of a DARTS supernet step. Both sums
+// (16, 16, 32, 32): 16–30 ms against 0.6 ms forward), which made it 44% of a DARTS supernet step. Both sums
 // are computed here in channels-last order: at stride 1 along the width a row of (W, C) is one contiguous run,
 // so each tap is one vectorised multiply-add over the whole row, for any channel count (PC-DARTS hands the ops
 // 4). NCHW tensors are copied to channels-last and back. The sum order is fixed (batch chunks independent of the
@@ -46,7 +46,7 @@ void tap_range(int64_t off, int64_t stride, int64_t n_in, int64_t n_out, int64_t
 // One batch chunk's Σ over images, rows and columns, per tap and channel, into partial (taps, C).
 template <typename scalar_t, typename acc_t>
 void weight_gradient_chunk(const scalar_t* g, const scalar_t* x, int64_t n_begin, int64_t n_end, const Geometry& q,
-                       std::vector<acc_t>& acc, acc_t* partial) {
+                           std::vector<acc_t>& acc, acc_t* partial) {
   const int64_t C = q.channels, row = q.out_row();
   std::fill(acc.begin(), acc.end(), acc_t{0});  // (taps, W_out·C): per tap, a running sum for every (wo, c)
   for (int64_t n = n_begin; n < n_end; ++n) {
@@ -115,7 +115,7 @@ void weight_gradient(const scalar_t* g, const scalar_t* x, scalar_t* gw, const G
 #pragma omp for schedule(static)
     for (int64_t chunk = 0; chunk < chunks; ++chunk)
       weight_gradient_chunk(g, x, chunk * q.batch / chunks, (chunk + 1) * q.batch / chunks, q, acc,
-                        partial.data() + chunk * taps * C);
+                            partial.data() + chunk * taps * C);
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t t = 0; t < taps; ++t) {
@@ -213,7 +213,8 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv2d_backward(const at::Tensor& g
     TORCH_CHECK((d ? q.out_w : q.out_h) == expected, op, ": grad's spatial size does not match the convolution");
   }
   const auto last = at::MemoryFormat::ChannelsLast;
-  const at::Tensor x = input.contiguous(last), g = grad.contiguous(last), w = weight.contiguous();
+  const at::Tensor g = grad.contiguous(last), w = weight.contiguous();
+  const at::Tensor x = output_mask[1] ? input.contiguous(last) : input;  // read by the weight gradient only
   at::Tensor grad_input, grad_weight;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), op, [&] {
     if (output_mask[0]) {
