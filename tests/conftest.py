@@ -32,6 +32,26 @@ def tiny_train_config(**changes) -> TrainConfig:
     return base.replace(**changes)
 
 
+class StoppedHere(Exception):
+    """What a test raises where a run is stopped, as a signal would stop it."""
+
+
+def stop_when_metrics_reach(patch: pytest.MonkeyPatch, rows: int) -> None:
+    """RunDir.write_metrics raises StoppedHere when asked for `rows` rows: the run stops after that epoch's
+    checkpoint was saved and before its metrics were written."""
+    from hwnas.run import RunDir
+
+    write_metrics = RunDir.write_metrics
+
+    def stopping(self, history):
+        history = list(history)
+        if len(history) == rows:
+            raise StoppedHere
+        write_metrics(self, history)
+
+    patch.setattr(RunDir, "write_metrics", stopping)
+
+
 _SESSION_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 

@@ -8,7 +8,7 @@ from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 from hwnas.schedule import cosine_lr
 from hwnas.search import run_search
-from tests.conftest import tiny_search_config
+from tests.conftest import StoppedHere, stop_when_metrics_reach, tiny_search_config
 
 
 def _search(tmp_path, name="run", on_step=None, **changes):
@@ -153,6 +153,21 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, strategy):
         (tmp_path / "reference" / "alphas.json").read_text()
     )
     assert len(resumed.history) == 3
+
+
+def test_a_stop_between_the_checkpoint_and_the_metrics_is_mended_by_the_resume(tmp_path, monkeypatch):
+    """Ctrl-C can land after an epoch's checkpoint is saved and before metrics.jsonl is rewritten: the resume, even
+    one with no epoch left to run, writes the rows the checkpoint holds."""
+    with monkeypatch.context() as patch:
+        stop_when_metrics_reach(patch, 2)
+        with pytest.raises(StoppedHere):
+            _search(tmp_path, epochs=2)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert len(metrics.read_text().splitlines()) == 1
+    run, stored = RunDir.open(tmp_path / "run", "search")
+    resumed = run_search(tiny_search_config().from_json(stored), run, progress=False)
+    rows = [json.loads(row) for row in metrics.read_text().splitlines()]
+    assert len(resumed.history) == 2 and rows == resumed.history
 
 
 @pytest.mark.parametrize("strategy", ["darts", "gdas", "random"])

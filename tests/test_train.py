@@ -12,7 +12,7 @@ from hwnas.complexity import count_parameters
 from hwnas.errors import Interrupted
 from hwnas.run import RunDir
 from hwnas.train import augment, build_model, run_train
-from tests.conftest import tiny_train_config
+from tests.conftest import StoppedHere, stop_when_metrics_reach, tiny_train_config
 
 
 def test_width_mult_shapes_mobile_genotypes():
@@ -186,6 +186,22 @@ def test_training_killed_then_resumed_equals_uninterrupted(tmp_path, monkeypatch
             run_train(cfg, killed, progress=False)
     resumed = run_train(cfg, killed, progress=False)
     _assert_same_run(tmp_path, straight, resumed)
+
+
+def test_a_stop_between_the_checkpoint_and_the_metrics_is_mended_by_the_resume(tmp_path, monkeypatch):
+    """Ctrl-C can land after an epoch's checkpoint is saved and before metrics.jsonl is rewritten: the resume, even
+    one with no epoch left to run, writes the rows the checkpoint holds."""
+    cfg = tiny_train_config(epochs=2)
+    run = RunDir.create(tmp_path / "run", "train", cfg.to_json())
+    with monkeypatch.context() as patch:
+        stop_when_metrics_reach(patch, 2)
+        with pytest.raises(StoppedHere):
+            run_train(cfg, run, progress=False)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert len(metrics.read_text().splitlines()) == 1
+    run_train(cfg, run, progress=False)
+    history = run.load_checkpoint()["history"]
+    assert len(history) == 2 and [json.loads(row) for row in metrics.read_text().splitlines()] == history
 
 
 def _assert_same_run(tmp_path, straight, resumed):
