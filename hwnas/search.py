@@ -138,7 +138,7 @@ def run_search(
         if so_far is None:  # else once the epoch's loaders exist, as when it was saved
             set_rng_state(state["rng"], place.device)
         start_epoch, history, alpha_history = state["epoch"] + 1, state["history"], state["alpha_history"]
-        if main:  # from the checkpoint: a stop between its save and the metrics' write left them a row behind
+        if main:  # from the checkpoint: a stop between its save and the metrics' write may have left them a row behind
             run.write_metrics(history)
         wall_s = state["wall_s"]
         log.info("resuming %s after epoch %d%s", run.path, state["epoch"] + 1,

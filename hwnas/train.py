@@ -190,7 +190,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
         except (KeyError, RuntimeError, ValueError) as err:
             raise HwnasError(f"checkpoint in {run.path} does not match this network: {err}") from None
         start_epoch, history, wall_s = state["epoch"] + 1, state["history"], state["wall_s"]
-        if main:  # from the checkpoint: a stop between its save and the metrics' write left them a row behind
+        if main:  # from the checkpoint: a stop between its save and the metrics' write may have left them a row behind
             run.write_metrics(history)
         log.info("resuming %s after epoch %d%s", run.path, state["epoch"] + 1,
                  f" and {so_far.steps} steps of the next" if so_far else "")  # fmt: skip
