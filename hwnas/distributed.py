@@ -9,6 +9,7 @@ runs exactly as before. A collective that fails (a process died, or did not answ
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -209,6 +210,7 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
     for name in names:
         logging.getLogger(name).setLevel(logging.CRITICAL if log.getEffectiveLevel() > logging.DEBUG else logging.INFO)
     os.environ[LAUNCHED_BY_HWNAS] = "1"
+    stopped_by = None
     try:
         elastic_launch(config, sys.executable)(*argv)
     except ChildFailedError as err:
@@ -218,13 +220,26 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         reasons = ", ".join(f"process {r} of {nproc} {_exit_reason(code)}" for r, code in failures)
         raise HwnasError(f"{reasons}; the other processes were stopped") from None
     except SignalException as err:  # the agent stopped the processes on SIGINT / SIGTERM
-        if err.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
-        raise Interrupted(reason=f"stopped by {signal.Signals(err.sigval).name}", exit_code=128 + err.sigval) from None
+        stopped_by = signal.Signals(err.sigval)
     finally:
         os.environ.pop(LAUNCHED_BY_HWNAS, None)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+    if stopped_by is not None:
+        _stop_abandoned_rendezvous()
+        if stopped_by == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted(reason=f"stopped by {stopped_by.name}", exit_code=128 + stopped_by)
+
+
+def _stop_abandoned_rendezvous() -> None:
+    """Stop the rendezvous heartbeat of an agent that a signal stopped. torch leaves its rendezvous open then (for
+    a restart that `launch` never makes), and its keep-alive thread, a daemon calling the TCP store every few
+    seconds, lived on into interpreter shutdown, where a call in flight aborted the process ("terminate called
+    without an active exception", SIGABRT; once in 15 Ctrl-Cs of a 2-process search on a loaded VM). The agent,
+    once its exception is gone, is garbage in reference cycles: collecting it runs the keep-alive timer's
+    finalizer, which stops and joins the thread."""
+    gc.collect()
 
 
 def _exit_reason(exitcode: int) -> str:
