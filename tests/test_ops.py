@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from hwnas.errors import HwnasError
 from hwnas.ops import DARTS_PRIMITIVES, MOBILE_OPS, MOBILE_PRIMITIVES, OPS, OpConfig
 from hwnas.ops.darts import BatchNorm2d, FactorizedReduce
 
@@ -55,6 +57,21 @@ def test_opconfig_key_round_trip():
     cfg = OpConfig.from_key(key)
     assert cfg.key() == key and cfg.attr("kernel") == 5 and cfg.input_shape == (112, 112, 16)
     assert OpConfig.from_key("Logits-input:7x7x1280-output:1000").output_shape == (1000,)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("Conv-input:224x224-output:112x112x32", "Conv needs input:HxWxC and output:HxWxC"),
+        ("sep_conv_3x3-input:8x8x4-output:8x8-stride:1", "sep_conv_3x3 needs input:HxWxC and output:HxWxC"),
+        ("Logits-input:7-output:1000", "Logits needs input:HxWxC and output:CLASSES"),
+        ("Logits-input:7x7x1280-output:1x1x1000", "Logits needs input:HxWxC and output:CLASSES"),
+    ],
+)
+def test_opconfig_key_of_the_wrong_rank_is_malformed(key, message):
+    """Cost features and profilers read (H, W, C) shapes: another rank would crash them or be mispredicted."""
+    with pytest.raises(HwnasError, match=f"malformed op key '{re.escape(key)}': {message}"):
+        OpConfig.from_key(key)
 
 
 NHWC_FACTORIZED_REDUCE = """

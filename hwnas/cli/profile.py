@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import datetime
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ DEFAULT_INPUT_SIZE = {"mobile": 224, "darts": 32}
 DEVICES = ("cpu", "onnxruntime", "tflite", "gpu", "android")
 DELEGATED = ("tflite", "android")  # the devices --delegate applies to
 DEFAULT_DELEGATE = "xnnpack"
+HOST_CPU = ("cpu", "onnxruntime", "tflite")  # the devices timed on this machine's CPU
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,10 +209,20 @@ def measure_rounds(args, rounds: int, metadata: TableMetadata, todo, networks, t
     """`rounds` rounds, each in a fresh process (per-process effects such as memory placement differ
     between processes); each entry becomes the median of its rounds. Round files stay beside the table until
     all rounds are merged, so an interrupted run resumes where it stopped. Returns the networks' measurements
-    (median of the rounds)."""
+    (median of the rounds), also kept in `<out>.calibration.json` until the fit."""
     import shutil
 
     rounds_dir = table.path.with_name(table.path.name + ".rounds")
+    for path in (rounds_dir / f"round{r + 1}.json" for r in range(rounds)):
+        if path.exists():  # left by a run stopped before <out> existed: only the round says how it measured
+            old = LatencyTable.load(path, metadata.space, metadata.input_size).metadata
+            _check_resumable(old, metadata, path, args.device in HOST_CPU,
+                             f"re-run with the options it was measured with, or delete {rounds_dir}")  # fmt: skip
+    calibration = calibration_path(table.path)
+    measured = load_measurements(calibration)
+    networks = [n for n in networks if n.key not in measured]
+    if not (todo or networks):
+        return measured
     options = _device_options(args, rounds_dir / "models")
     keys = [op.key() for op in todo]
     for r in range(rounds):
@@ -228,32 +240,40 @@ def measure_rounds(args, rounds: int, metadata: TableMetadata, todo, networks, t
             _count(table.metadata.details, info, device["entries_measured"])
     table.save()
     per_round = [load_measurements(calibration_path(rounds_dir / f"round{r + 1}.json")) for r in range(rounds)]
-    measured = {n.key: combine_rounds([m[n.key] for m in per_round]) for n in networks}
+    measured.update({n.key: combine_rounds([m[n.key] for m in per_round]) for n in networks})
+    if networks:
+        save_measurements(calibration, measured)  # the round files go next: a failed fit or a Ctrl-C keeps these
     shutil.rmtree(rounds_dir)
     return measured
 
 
-def _check_resumable(table: LatencyTable, metadata: TableMetadata) -> None:
-    old = table.metadata
-    for name in ("target", "runtime", "threads", "batch"):
-        if getattr(old, name) != getattr(metadata, name):
-            raise HwnasError(
-                f"{table.path} holds {name} {getattr(old, name)!r}, not {getattr(metadata, name)!r}; "
-                "choose another --out"
-            )
-    delegates = old.details.get("delegate"), metadata.details.get("delegate")
+def _check_resumable(
+    old: TableMetadata, new: TableMetadata, where: Path, host_cpu: bool, remedy: str = "choose another --out"
+) -> None:
+    """Refuse to add to `where` (a table, or a round of one) entries measured otherwise than those it holds: on
+    other hardware (another phone model, another CPU of one name when `host_cpu`), or with other options."""
+
+    def refuse(what: str) -> HwnasError:
+        return HwnasError(f"{where} {what}; {remedy}")
+
+    for name in ("target", "runtime", "threads", "batch", "device"):
+        if getattr(old, name) != getattr(new, name):
+            raise refuse(f"holds {name} {getattr(old, name)!r}, not {getattr(new, name)!r}")
+    delegates = old.details.get("delegate"), new.details.get("delegate")
     if None not in delegates and delegates[0] != delegates[1]:
-        raise HwnasError(
-            f"{table.path} was measured with delegate {delegates[0]}, not {delegates[1]}; choose another --out"
-        )
-    if old.runtime_version != metadata.runtime_version:
-        log.warning(
-            "%s was measured with %s %s; adding entries measured with %s",
-            table.path,
-            old.runtime,
-            old.runtime_version,
-            metadata.runtime_version,
-        )
+        raise refuse(f"was measured with delegate {delegates[0]}, not {delegates[1]}")
+    signatures = [m.details.get("machine", {}).get("cpu_signature") for m in (old, new)]
+    if host_cpu and all(signatures) and signatures[0] != signatures[1]:
+        raise refuse(f"was measured on a CPU of signature {signatures[0]!r}, not {signatures[1]!r}")
+    protocols = old.details.get("protocol"), new.details.get("protocol")
+    if None not in protocols and protocols[0] != protocols[1]:  # warm-up, runs, clock, ...
+        keys = protocols[0].keys() | protocols[1].keys()
+        differ = sorted(k for k in keys if protocols[0].get(k) != protocols[1].get(k))
+        was, now = (", ".join(f"{k} {protocol.get(k)!r}" for k in differ) for protocol in protocols)
+        raise refuse(f"was measured with {was}, not {now}")
+    if old.runtime_version != new.runtime_version:
+        log.warning("%s was measured with %s %s; adding entries measured with %s", where, old.runtime,
+                    old.runtime_version, new.runtime_version)  # fmt: skip
 
 
 def _networks_to_calibrate(args, table: LatencyTable, cfg: SearchConfig, input_size: int) -> list:
@@ -283,7 +303,10 @@ def _measure(args, options, rounds: int, metadata: TableMetadata, table: Latency
 
 def _store_correction(table: LatencyTable, networks: list[CalibrationNetwork], measured: dict) -> str:
     sums = [table.sum_ms(n.layers()) for n in networks]
-    correction = fit_network_correction(sums, [measured[n.key].median_ms for n in networks])
+    try:
+        correction = fit_network_correction(sums, [measured[n.key].median_ms for n in networks])
+    except HwnasError as err:  # a re-run would fit the same measurements
+        raise HwnasError(f"{err}; delete {calibration_path(table.path)} to measure the networks again") from None
     table.metadata = dataclasses.replace(table.metadata, network_correction=correction)
     table.save()
     return (f"network correction a={correction.a:.4f}, b={correction.b_ms:.4f} ms on {correction.architectures} "
@@ -299,6 +322,8 @@ def run(args) -> int:
     quiet_exporters()
     if args.recalibrate and args.calibrate is None:
         raise HwnasError("--recalibrate goes with --calibrate N")
+    if args.name is not None and any(sep and sep in args.name for sep in ("/", os.sep, os.altsep)):
+        raise HwnasError(f"--name is the target's name, not a path: no path separator, got {args.name!r}")
     space = get_space(args.space).name
     input_size = args.input_size if args.input_size is not None else DEFAULT_INPUT_SIZE.get(space)
     if input_size is None:
@@ -342,7 +367,7 @@ def run(args) -> int:
         )
         if Path(out).exists():
             table = LatencyTable.load(out, space, input_size)
-            _check_resumable(table, metadata)
+            _check_resumable(table.metadata, metadata, table.path, args.device in HOST_CPU)
         else:
             table = LatencyTable(metadata, path=out)
         todo = table.missing(configs)

@@ -242,10 +242,16 @@ def load_measurements(path: Path) -> dict[str, TableEntry]:
     """Whole-network measurements so far: {network key: entry} ({} when none)."""
     if not path.exists():
         return {}
+
+    def corrupt(why) -> HwnasError:
+        return HwnasError(f"{path} is corrupt ({why}); delete it to measure the networks again")
+
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise HwnasError(f"{path} is corrupt ({err}); delete it to measure the networks again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:  # a directory, binary, truncated, ...
+        raise corrupt(err) from None
+    if not isinstance(data, dict):
+        raise corrupt(f"expected a JSON object, got {type(data).__name__}")
     return {key: TableEntry.from_json(value, f"{path}, {key}") for key, value in data.items()}
 
 

@@ -146,6 +146,7 @@ class TableMetadata:
                 raise HwnasError(f"{where}: metadata {name!r} must be >= 1, got {data[name]}")
         if data.get("statistic", "median") not in ("median", "mean"):
             raise HwnasError(f"{where}: metadata 'statistic' must be 'median' or 'mean', got {data['statistic']!r}")
+        _check_details(data.get("details", {}), where)
         correction = data.get("network_correction")
         if correction is not None:
             correction = NetworkCorrection.from_json(correction, where)
@@ -250,9 +251,11 @@ class LatencyTable:
         entries = {}
         for key, value in raw.items():
             try:
-                OpConfig.from_key(key)
+                canonical = OpConfig.from_key(key).key()
             except HwnasError as err:
                 raise HwnasError(f"malformed {where}: {err}") from None
+            if key != canonical:  # lookups go by the canonical key: this entry would never be found
+                raise HwnasError(f"malformed {where}: op key {key!r} is not canonical; write {canonical!r}")
             entries[key] = TableEntry.from_json(value, f"malformed {where}, entry {key}")
         return cls(metadata, entries, path)
 
@@ -286,6 +289,35 @@ class LatencyTable:
         write_json_atomic(target, self.to_json())
         self.path = target
         return target
+
+
+def _check_details(details: dict[str, Any], where: str) -> None:
+    """The `details` fields hwnas reads (choosing a table, resuming, re-measuring), where present."""
+
+    def fail(name: str, expected: str, value: Any) -> HwnasError:
+        return HwnasError(f"{where}: metadata details {name!r} must be {expected}, got {value!r}")
+
+    machine = details.get("machine", {})
+    if not isinstance(machine, dict):
+        raise fail("machine", "an object", machine)
+    if not isinstance(machine.get("cpu_signature", ""), str):
+        raise fail("machine.cpu_signature", "a string", machine["cpu_signature"])
+    if not isinstance(details.get("protocol", {}), dict):
+        raise fail("protocol", "an object", details["protocol"])
+    if not isinstance(details.get("delegate", ""), str):
+        raise fail("delegate", "a string", details["delegate"])
+    rounds = details.get("rounds", 1)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise fail("rounds", "an integer >= 1", rounds)
+    devices = details.get("devices", [])
+    if not isinstance(devices, list) or not all(map(_is_device_record, devices)):
+        raise fail("devices", "a list of objects with an integer entries_measured >= 0", devices)
+
+
+def _is_device_record(device: Any) -> bool:
+    """One of `details.devices`: an object with the number of entries that device measured."""
+    count = device.get("entries_measured") if isinstance(device, dict) else None
+    return isinstance(count, int) and not isinstance(count, bool) and count >= 0
 
 
 def _is_iso_date(text: str) -> bool:

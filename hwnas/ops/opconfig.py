@@ -54,6 +54,10 @@ class OpConfig:
             attrs = tuple((name, int(value)) for name, value in values.items())
         except ValueError:
             raise HwnasError(f"malformed op key {key!r}: non-integer field") from None
+        logits = kind == "Logits"  # its output is the class scores
+        if len(shapes["input"]) != 3 or len(shapes["output"]) != (1 if logits else 3):
+            output = "CLASSES" if logits else "HxWxC"
+            raise HwnasError(f"malformed op key {key!r}: {kind} needs input:HxWxC and output:{output}")
         if any(d < 1 for d in (*shapes["input"], *shapes["output"])):
             raise HwnasError(f"malformed op key {key!r}: input and output dimensions must be positive")
         if any(value < 1 for name, value in attrs if name in ("kernel", "stride", "expand")):

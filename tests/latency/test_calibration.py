@@ -1,6 +1,7 @@
 """The per-network correction: the fit, and the architectures it is measured on."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,12 @@ import torch
 
 from hwnas.config import SearchConfig
 from hwnas.errors import HwnasError
-from hwnas.latency.calibration import calibration_networks, fit_network_correction, measure_in_fresh_processes
+from hwnas.latency.calibration import (
+    calibration_networks,
+    fit_network_correction,
+    load_measurements,
+    measure_in_fresh_processes,
+)
 from hwnas.latency.catalogue import space_op_configs
 from tests.conftest import ROOT
 
@@ -40,6 +46,20 @@ def test_fit_recovers_a_linear_relation():
 def test_fit_errors(sums, measured, message):
     with pytest.raises(HwnasError, match=message):
         fit_network_correction(sums, measured)
+
+
+CORRUPT = {"list": b"[]", "string": b'"x"', "binary": b"\xff\xfe", "truncated": b"{", "directory": None}
+
+
+@pytest.mark.parametrize("content", CORRUPT.values(), ids=list(CORRUPT))
+def test_corrupt_calibration_measurements_are_named(tmp_path, content):
+    path = tmp_path / "t.json.calibration.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(HwnasError, match=f"^{re.escape(str(path))} is corrupt .*; delete it to measure the networks"):
+        load_measurements(path)
 
 
 def test_calibration_networks_are_distinct_seeded_and_in_the_table_s_keys():

@@ -8,12 +8,15 @@ import torch
 
 from hwnas.cli import main
 from hwnas.config import SearchConfig
-from hwnas.latency.calibration import combine_rounds
+from hwnas.errors import HwnasError
+from hwnas.latency.calibration import combine_rounds, load_measurements
 from hwnas.latency.catalogue import space_op_configs
-from hwnas.latency.table import LatencyTable, TableEntry
-from hwnas.profilers import Measurement
-from tests.latency.helpers import make_table
+from hwnas.latency.table import LatencyTable, NetworkCorrection, TableEntry
+from hwnas.profilers import Measurement, Protocol
+from hwnas.profilers.protocol import cpu_signature
+from tests.latency.helpers import make_table, of_this_machine
 
+CORRECTION = NetworkCorrection(a=1.1, b_ms=0.2, architectures=3, fitted="2026-01-02", rmse_ms=0.1)
 TINY = "--space darts --input-size 8 --init-channels 4 --layers 3 --runs 3 --warmup 1".split()
 
 
@@ -158,3 +161,79 @@ def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):
     assert network["latency_ms"] == pytest.approx(correction.a * network["sum_ms"] + correction.b_ms)
     assert network["sum_ms"] == pytest.approx(sum(row["latency_ms"] for row in network["layers"]))
     assert len(network["layers"]) == 2 + 3 * 8 and network["network_correction"]["architectures"] == 4
+
+
+def _darts_table(**metadata) -> LatencyTable:
+    """A TINY darts table as `hwnas profile --device cpu` measures it here, but for `metadata`."""
+    table = of_this_machine(make_table(space_op_configs("darts", 8, SearchConfig(init_channels=4, layers=3)),
+                                       space="darts", input_size=8))  # fmt: skip
+    details = {**table.metadata.details, "protocol": {**Protocol(warmup_runs=1, runs=3).to_json(), "clock": "thread"}}
+    table.metadata = dataclasses.replace(table.metadata, details=details, **metadata)
+    return table
+
+
+@pytest.mark.parametrize(
+    ("metadata", "details", "message"),
+    [
+        ({"device": "Pixel 7"}, {}, "holds device 'Pixel 7', not "),  # another phone model's table at the default --out
+        ({}, {"machine": {"cpu_signature": "family 6 model 1 stepping 1"}},
+         "was measured on a CPU of signature 'family 6 model 1 stepping 1', not "),
+        ({}, {"protocol": {**Protocol().to_json(), "clock": "thread"}},
+         "was measured with runs 30, warmup_runs 10, not runs 3, warmup_runs 1"),
+    ],
+)  # fmt: skip
+def test_profile_refuses_to_resume_a_table_measured_otherwise(user_tables, capsys, metadata, details, message):
+    if "machine" in details and not cpu_signature():
+        pytest.skip("this machine's CPU has no signature")
+    table = _darts_table(**metadata)
+    table.metadata.details.update(details)
+    out = table.save(user_tables / "cpu_darts_8.json")
+    before = out.read_text()
+    assert main(["profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hwnas: error: {out} {message}") and err.endswith("; choose another --out")
+    assert out.read_text() == before
+
+
+def test_profile_refuses_to_resume_rounds_measured_otherwise(user_tables, capsys):
+    """A run stopped before the table existed leaves only its rounds: another protocol does not add to them."""
+    rounds = user_tables / "cpu_darts_8.json.rounds"
+    _darts_table(threads=2).save(rounds / "round1.json")
+    assert main(["profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,none", "--rounds", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"hwnas: error: {rounds / 'round1.json'} holds threads 2, not 1; re-run with the options it was measured "
+        f"with, or delete {rounds}"
+    )
+    assert sorted(p.name for p in user_tables.rglob("*")) == ["cpu_darts_8.json.rounds", "round1.json"]
+
+
+def test_profile_keeps_the_networks_of_rounds_when_the_fit_fails(user_tables, capsys, monkeypatch):
+    from hwnas.cli import profile
+
+    def noisy(sums, measured):
+        raise HwnasError("the fitted network correction has slope -0.1 <= 0: the measurements are too noisy")
+
+    monkeypatch.setattr(profile, "fit_network_correction", noisy)
+    args = ["profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,none", "--calibrate", "3"]
+    assert main([*args, "--rounds", "2", "--no-progress"]) == 2
+    saved = user_tables / "cpu_darts_8.json.calibration.json"
+    assert capsys.readouterr().err.strip().endswith(f"too noisy; delete {saved} to measure the networks again")
+    assert not (user_tables / "cpu_darts_8.json.rounds").exists()
+    measured = load_measurements(saved)
+    assert len(measured) == 3 and all(e.runs > 3 for e in measured.values())  # the median of 2 rounds
+
+    fitted = []
+    monkeypatch.setattr(profile, "fit_network_correction", lambda sums, ms: fitted.append(ms) or CORRECTION)
+    monkeypatch.setattr(profile, "in_fresh_process", lambda *_: pytest.fail("measured the networks again"))
+    assert main([*args, "--rounds", "2"]) == 0
+    assert sorted(fitted[0]) == sorted(e.median_ms for e in measured.values())
+    assert LatencyTable.load(user_tables / "cpu_darts_8.json").metadata.network_correction == CORRECTION
+    assert not saved.exists()
+
+
+def test_profile_name_is_not_a_path(user_tables, capsys):
+    assert main(["profile", "--device", "cpu", *TINY, "--name", "lab/cpu"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "hwnas: error: --name is the target's name, not a path: no path separator, got 'lab/cpu'"
+    )
+    assert not any(user_tables.rglob("*"))
