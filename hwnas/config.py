@@ -167,6 +167,16 @@ def stem_check(stem: str) -> tuple[bool, str]:
     return stem in STEMS, f"stem must be one of {', '.join(STEMS)}, got {stem!r}"
 
 
+def stem_channels_check(stem: str, init_channels: int) -> tuple[bool, str]:
+    """The imagenet stem's first cell reduces its first input with FactorizedReduce, two stride-2 convolutions of
+    half the init channels each (the DARTS code's NetworkImageNet), so they must be even."""
+    return (stem != "imagenet" or init_channels % 2 == 0,
+            f"init channels must be even with the imagenet stem, got {init_channels}")  # fmt: skip
+
+
+LATENCY_LOSSES = ("target", "additive", "multiplicative")  # the forms of hwnas.latency.loss.LatencyObjective
+
+
 @dataclass(frozen=True)
 class SearchConfig(JsonConfig):
     space: str = "darts"
@@ -178,7 +188,7 @@ class SearchConfig(JsonConfig):
     init_channels: int = 8
     layers: int = 5
     steps: int = 4  # intermediate nodes per cell
-    multiplier: int = 4  # nodes concatenated into the cell output
+    multiplier: int = 4  # nodes concatenated into the cell output (`hwnas search --steps S`: min(4, S))
     stem_multiplier: int = 3  # CIFAR stem: its channels per init channel
     stem: str = "cifar"  # DARTS space: "cifar" or "imagenet" (three stride-2 convolutions first), see STEMS
     primitives: tuple[str, ...] | None = None  # None: the space's full op set
@@ -256,11 +266,16 @@ class SearchConfig(JsonConfig):
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (1 <= self.multiplier <= self.steps, f"multiplier must lie in [1, steps], got {self.multiplier}"),
             (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
+            (self.stem_multiplier >= 1, f"stem multiplier must be >= 1, got {self.stem_multiplier}"),
             (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
             (self.pc_k >= 1, f"pc-k must be >= 1, got {self.pc_k}"),
             stem_check(self.stem),
+            stem_channels_check(self.stem, self.init_channels) if self.space == "darts" else (True, ""),
             (self.tau_max >= self.tau_min > 0, "GDAS temperatures need tau_max >= tau_min > 0"),
+            ((self.target is None) == (self.latency_ms is None), "--target and --latency go together"),
             (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
+            (self.latency_loss in LATENCY_LOSSES,
+             f"latency loss must be one of {', '.join(LATENCY_LOSSES)}, got {self.latency_loss!r}"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
             (self.measured_repairs >= 0, f"measured repairs must be >= 0, got {self.measured_repairs}"),
             checkpoint_minutes_check(self.checkpoint_minutes),
@@ -271,6 +286,8 @@ class SearchConfig(JsonConfig):
             (self.latency_layers is None or self.latency_layers >= 1,
              f"latency layers must be >= 1, got {self.latency_layers}"),
             stem_check(self.latency_stem) if self.latency_stem is not None else (True, ""),
+            (stem_channels_check(self.latency_stem or self.stem, self.latency_init_channels or self.init_channels)
+             if self.space == "darts" else (True, "")),
             (positive(self.w_lr), f"weight learning rate must be positive, got {self.w_lr}"),
             (non_negative(self.w_lr_min), f"minimum weight learning rate must be >= 0, got {self.w_lr_min}"),
             (self.a_lr is None or positive(self.a_lr), f"architecture learning rate must be positive, got {self.a_lr}"),
@@ -334,6 +351,7 @@ class TrainConfig(JsonConfig):
             (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
             (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
             stem_check(self.stem),
+            stem_channels_check(self.stem, self.init_channels),
             (0.0 <= self.drop_path_prob < 1.0, f"drop path probability must lie in [0, 1), got {self.drop_path_prob}"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
             width_mult_check(self.width_mult) if self.width_mult is not None else (True, ""),

@@ -232,9 +232,16 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
     batches. When `len(dataset)` is not divisible by `num_replicas`, DistributedSampler pads the last global batch
     with up to `num_replicas - 1` examples from the start of the permutation, so that every rank's shard has the
     same size (and each rank runs the same number of steps).
+
+    A last batch that would give each rank a single example (of a larger shard) is dropped: training-mode
+    BatchNorm cannot normalise one example on a 1x1 map (the mobile space's last stages at small images). It is
+    dropped here, from the sizes alone, so every rank and a resumed run count the same steps. The loader is for
+    training-mode steps (a search's α steps included); evaluation in eval mode keeps every example (`make_loader`).
     """
     sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=_order_seed(seed, epoch))
-    batches = SkipBatches(BatchSampler(sampler, batch_size // num_replicas, drop_last=False), skip_batches)
+    shard = batch_size // num_replicas
+    batches = BatchSampler(sampler, shard, drop_last=shard > 1 and len(sampler) % shard == 1)
+    batches = SkipBatches(batches, skip_batches)
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
 
 

@@ -60,8 +60,8 @@ def check_search_config(cfg: SearchConfig) -> None:
     cfg.validate()
     check_data(cfg.data)
     space = get_space(cfg.space)
-    space.check_search(cfg)
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
+    space.check_search(cfg, strategy.supernet_options().get("partial_channels", 1))
     if cfg.fused:
         from hwnas.kernels.backend import requested
 

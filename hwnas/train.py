@@ -59,9 +59,12 @@ def augment(x: torch.Tensor, cutout: int, generator: torch.Generator, rank: int 
     padded = F.pad(x, (pad, pad, pad, pad))
     out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     if cutout > 0:
-        cy, cx = (draws[:, 2] * h).long(), (draws[:, 3] * w).long()
-        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-        inside = ((ys - cy.view(b, 1, 1)).abs() <= cutout // 2) & ((xs - cx.view(b, 1, 1)).abs() <= cutout // 2)
+        # a cutout x cutout square from (cy, cx) - cutout // 2, clipped at the borders: the DARTS code's
+        # utils.Cutout for even sides ([y - L/2, y + L/2)), and exactly L for odd ones too
+        top, left = (draws[:, 2] * h).long() - cutout // 2, (draws[:, 3] * w).long() - cutout // 2
+        ys = torch.arange(h).view(1, h, 1) - top.view(b, 1, 1)  # (B, H, 1): rows from the square's top
+        xs = torch.arange(w).view(1, 1, w) - left.view(b, 1, 1)  # (B, 1, W)
+        inside = (ys >= 0) & (ys < cutout) & (xs >= 0) & (xs < cutout)
         out = out * (~inside).unsqueeze(1).to(out.dtype)
     return out
 

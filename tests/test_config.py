@@ -70,8 +70,16 @@ def test_a_json_list_is_not_a_config():
         ({"primitives": ("sep_conv_3x3", "sep_conv_3x3")}, "primitives list an op twice"),
         ({"data": DataConfig(image_size=100_000)}, "image size must lie in [4, 2048]"),
         ({"data": DataConfig(seed=-2)}, "seed must lie in [0, 2**32)"),
+        ({"stem_multiplier": 0}, "stem multiplier must be >= 1, got 0"),
+        ({"target": "mobile"}, "--target and --latency go together"),
+        ({"latency_ms": 80.0}, "--target and --latency go together"),
+        ({"target": "mobile", "latency_ms": 80.0, "latency_loss": "quadratic"},
+         "latency loss must be one of target, additive, multiplicative, got 'quadratic'"),
+        ({"stem": "imagenet", "init_channels": 5}, "init channels must be even with the imagenet stem, got 5"),
+        ({"target": "cpu", "latency_ms": 9.0, "latency_stem": "imagenet", "latency_init_channels": 9},
+         "init channels must be even with the imagenet stem, got 9"),
     ],
-)
+)  # fmt: skip
 def test_search_values_out_of_range(changes, message):
     with pytest.raises(HwnasError) as info:
         SearchConfig(**changes).validate()
@@ -90,6 +98,7 @@ def test_search_values_out_of_range(changes, message):
         ({"width_mult": math.nan}, "width multiplier must lie in (0, 4]"),
         ({"seed": 99_999_999_999}, "seed must lie in [0, 2**32)"),
         ({"weight_decay": -1e-4}, "weight decay must be >= 0"),
+        ({"stem": "imagenet", "init_channels": 5}, "init channels must be even with the imagenet stem, got 5"),
     ],
 )
 def test_train_values_out_of_range(changes, message):

@@ -6,9 +6,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from hwnas.config import DataConfig
-from hwnas.data import load_splits, make_loader, search_splits
+from hwnas.data import load_splits, make_loader, search_splits, shard_loader
 from hwnas.errors import HwnasError
 
 needs_torchvision = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
@@ -38,6 +39,19 @@ def test_loader_order_depends_only_on_seed_and_epoch():
     again = [y.tolist() for _, y in make_loader(splits.train, 8, True, seed=1, epoch=3)]
     other = [y.tolist() for _, y in make_loader(splits.train, 8, True, seed=1, epoch=4)]
     assert first == again and first != other
+
+
+@pytest.mark.parametrize(
+    "examples,batch,world,sizes",
+    [(33, 16, 1, [16, 16]), (34, 16, 1, [16, 16, 2]), (66, 32, 2, [16, 16]), (3, 1, 1, [1, 1, 1])],
+)
+def test_a_last_batch_of_one_example_per_rank_is_dropped(examples, batch, world, sizes):
+    """Training-mode BatchNorm fails on one example of a 1x1 map: a last shard batch of 1 is left out, on every rank
+    alike; a batch of 1 by choice is kept."""
+    data = TensorDataset(torch.arange(examples))
+    for rank in range(world):
+        loader = shard_loader(data, batch, seed=0, epoch=0, num_replicas=world, rank=rank)
+        assert [len(x) for (x,) in loader] == sizes and len(loader) == len(sizes)
 
 
 def _write_cifar10(root, n_train=20, n_test=10) -> dict[str, tuple[np.ndarray, list[int]]]:

@@ -7,7 +7,7 @@ import torch
 from hwnas.errors import HwnasError
 from hwnas.run import RunDir
 from hwnas.schedule import cosine_lr
-from hwnas.search import run_search
+from hwnas.search import check_search_config, run_search
 from tests.conftest import StoppedHere, stop_when_metrics_reach, tiny_search_config
 
 
@@ -204,6 +204,16 @@ def test_killed_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path, 
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == [
         {k: v for k, v in r.items() if k not in drop} for r in reference.history
     ]
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [({"init_channels": 6}, "init channels 6 are not divisible by pc-k 4"),
+     ({"space": "mobile", "pc_k": 5}, "block 1 has 24 channels, not divisible by pc-k 5")],
+)  # fmt: skip
+def test_pc_k_that_does_not_divide_the_channels_is_rejected_before_a_run(changes, message):
+    with pytest.raises(HwnasError, match=message):
+        check_search_config(tiny_search_config(strategy="pcdarts", **changes))
 
 
 def test_corrupt_or_mismatched_checkpoint_is_a_user_error(tmp_path):

@@ -30,6 +30,14 @@ def test_trained_weights_record_the_width(tmp_path):
     assert record["genotype"]["width_mult"] == 0.25 and record["config"]["width_mult"] == 0.25
 
 
+def test_a_last_batch_of_one_example_is_left_out(tmp_path):
+    """64 examples in batches of 63: the last batch, one example, would fail training-mode BatchNorm on the mobile
+    network's 1x1 maps (8x8 images); the epoch is one step."""
+    cfg = tiny_train_config(genotype="PROXYLESS_MOBILE", width_mult=0.25, epochs=1, batch_size=63)
+    result = run_train(cfg, RunDir.create(tmp_path / "run", "train", cfg.to_json()), progress=False)
+    assert 0 <= result.test_acc <= 1
+
+
 def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """x (C, H, W) moved by (dy, dx), zeros shifted in."""
     out = torch.zeros_like(x)
@@ -51,10 +59,12 @@ def test_augment_translates_each_sample_by_at_most_an_eighth():
     assert len(set(shifts)) > 1  # drawn per sample
 
 
-def test_cutout_zeroes_one_square_per_sample_across_channels():
+@pytest.mark.parametrize("side", [4, 5])
+def test_cutout_zeroes_one_square_per_sample_across_channels(side):
+    """A side x side square (fewer pixels where it crosses the border), even sides included (DARTS's Cutout)."""
     x = torch.randn(8, 3, 16, 16) + 10  # nothing zero before cutout
     plain = augment(x, 0, torch.Generator().manual_seed(1))
-    cut = augment(x, 5, torch.Generator().manual_seed(1))  # the same translations, then the cutout
+    cut = augment(x, side, torch.Generator().manual_seed(1))  # the same translations, then the cutout
     sides = []
     for p, c in zip(plain, cut):
         erased = (c == 0) & (p != 0)
@@ -64,7 +74,7 @@ def test_cutout_zeroes_one_square_per_sample_across_channels():
             sides.append((int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)))
             assert len(rows) == sides[-1][0] * sides[-1][1]  # one rectangle
         torch.testing.assert_close(c[~erased], p[~erased], rtol=0, atol=0)
-    assert all(1 <= h <= 5 and 1 <= w <= 5 for h, w in sides) and (5, 5) in sides, sides
+    assert all(1 <= h <= side and 1 <= w <= side for h, w in sides) and (side, side) in sides, sides
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -15,8 +15,7 @@ from hwnas.cli.common import (
     quiet_exporters,
     refuse_unless,
 )
-from hwnas.config import STEMS, SearchConfig
-from hwnas.errors import HwnasError
+from hwnas.config import LATENCY_LOSSES, STEMS, SearchConfig
 from hwnas.run import RunDir
 
 FLAGS = {
@@ -42,7 +41,7 @@ RESUMABLE = (
 # flags that only mean something for some configs: given elsewhere, they are a mistake to name, not to ignore
 ONLY_WITH = (
     (("width_mult",), lambda cfg: cfg.space == "mobile", "shapes the mobile space"),
-    (("stem",), lambda cfg: cfg.space == "darts", "shapes the DARTS space"),
+    (("init_channels", "layers", "steps", "stem"), lambda cfg: cfg.space == "darts", "shapes the DARTS space"),
     (("latency_init_channels", "latency_layers", "latency_stem"), lambda cfg: cfg.space == "darts",
      "shapes the DARTS network the budget is for"),
     (("pc_k",), lambda cfg: cfg.strategy == "pcdarts", "applies to --strategy pcdarts"),
@@ -89,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     hw.add_argument("--latency-layers", type=int, metavar="L", help="DARTS: ... and L cells (default: --layers)")
     hw.add_argument("--latency-stem", choices=STEMS, help="DARTS: ... and this stem (default: --stem)")
-    hw.add_argument("--latency-loss", choices=["target", "additive", "multiplicative"], help="default: target")
+    hw.add_argument("--latency-loss", choices=LATENCY_LOSSES, help="default: target")
     hw.add_argument("--latency-lambda", type=float, help="λ of the additive form / initial λ of the target mode")
     hw.add_argument("--random-samples", type=int, help="random search: architectures trained (default 8)")
     hw.add_argument("--measured-repairs", type=int, metavar="N",
@@ -138,8 +137,8 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[SearchConfig, str
         cfg = build_config(SearchConfig, args, FLAGS)
         if cfg.target is not None and args.space is None:
             cfg = cfg.replace(space="mobile")
-        if (cfg.target is None) != (cfg.latency_ms is None):
-            raise HwnasError("--target and --latency go together")
+        if args.steps is not None:  # the cell concatenates its last 4 nodes (DARTS), or all of fewer
+            cfg = cfg.replace(multiplier=min(cfg.multiplier, cfg.steps))
         for names, applies, what in ONLY_WITH:
             refuse_unless(applies(cfg), {f"--{n.replace('_', '-')}": getattr(args, n) for n in names}, what)
     check_search_config(cfg)

@@ -75,8 +75,9 @@ class SearchSpace:
             raise HwnasError(f"unknown op {unknown[0]!r} for space {self.name!r}; known: {', '.join(self.primitives)}")
         return tuple(primitives)
 
-    def check_search(self, cfg) -> None:
-        """What a search over this space needs of `cfg` beyond `SearchConfig.validate` (before anything runs)."""
+    def check_search(self, cfg, partial_channels: int = 1) -> None:
+        """What a search over this space needs of `cfg` beyond `SearchConfig.validate` (before anything runs), with
+        the strategy's `partial_channels` (PC-DARTS's K: the channels it splits must divide by it)."""
         self.check_primitives(cfg.primitives)
 
 

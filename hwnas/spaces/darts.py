@@ -258,6 +258,12 @@ def stem_output_size(stem: str, input_size: int) -> int:
     return input_size if stem == "cifar" else conv_out(conv_out(conv_out(input_size, 2), 2), 2)
 
 
+def check_partial_channels(c: int, k: int) -> None:
+    """PC-DARTS's K must divide the init channels, and so every cell's (their multiples)."""
+    if c % k:
+        raise HwnasError(f"init channels {c} are not divisible by pc-k {k}")
+
+
 class DartsSupernet(Supernet):
     """The DARTS search network; `edge_normalization` adds PC-DARTS's β (Xu et al. 2020, Eq. 4)."""
 
@@ -265,8 +271,7 @@ class DartsSupernet(Supernet):
                  stem_multiplier=3, partial_channels=1, edge_normalization=False, stem="cifar"):  # fmt: skip
         super().__init__()
         self.primitives, self.steps, self.multiplier = tuple(primitives), steps, multiplier
-        if c % partial_channels:
-            raise HwnasError(f"init channels {c} are not divisible by pc-k {partial_channels}")
+        check_partial_channels(c, partial_channels)
         c_pp, c_p, reduction_prev = add_stem(self, stem, in_channels, c, stem_multiplier)
         c_curr = c
         self.cells = nn.ModuleList()
@@ -543,7 +548,8 @@ class DartsSpace(SearchSpace):
     primitives = DARTS_PRIMITIVES
     table_classes = 10  # CIFAR-10
 
-    def check_search(self, cfg) -> None:
+    def check_search(self, cfg, partial_channels: int = 1) -> None:
+        check_partial_channels(cfg.init_channels, partial_channels)
         if len(self.check_primitives(cfg.primitives)) < 2:
             raise HwnasError("a search needs at least two primitives")
         if cfg.layers < 3:  # else no cell reduces and α_reduce, never trained, would still make the genotype

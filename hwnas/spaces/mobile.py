@@ -88,6 +88,16 @@ def _head(c_in: int, width_mult: float, num_classes: int) -> tuple[nn.Sequential
     return conv_bn_relu6(c_in, c_last, 1, 1), nn.Linear(c_last, num_classes)
 
 
+def block_partial_channels(block: MobileBlock, k: int) -> int:
+    """The K a block's candidates split its channels by: `k` on an identity block, whose channels it must divide;
+    1 on a stage's first block (see `MixedBlock`)."""
+    if not block.identity:
+        return 1
+    if block.c_in % k:
+        raise HwnasError(f"block {block.index} has {block.c_in} channels, not divisible by pc-k {k}")
+    return k
+
+
 class MixedBlock(nn.Module):
     """y = x + Σ_k w_k · body_k(x) when the block has an identity shortcut, else Σ_k w_k · body_k(x).
 
@@ -98,9 +108,7 @@ class MixedBlock(nn.Module):
     def __init__(self, block: MobileBlock, primitives: tuple[str, ...], partial_channels: int = 1):
         super().__init__()
         self.identity = block.identity
-        k = partial_channels if block.identity else 1
-        if block.c_in % k:
-            raise HwnasError(f"block {block.index} has {block.c_in} channels, not divisible by pc-k {k}")
+        k = block_partial_channels(block, partial_channels)
         ops = [MOBILE_OPS.get(p)(block.c_in // k, block.c_out // k, block.stride, False) for p in primitives]
         self.mixed = MixedOp(list(primitives), ops, block.stride, k)
 
@@ -201,6 +209,11 @@ class MobileSpace(SearchSpace):
         if not any(p != "zero" for p in primitives):
             raise HwnasError("the mobile space needs at least one MBConv primitive")
         return primitives
+
+    def check_search(self, cfg, partial_channels: int = 1) -> None:
+        super().check_search(cfg, partial_channels)
+        for block in mobile_blocks(_REFERENCE_SIZE, cfg.width_mult):
+            block_partial_channels(block, partial_channels)
 
     def build_supernet(self, cfg, in_channels: int, num_classes: int, partial_channels: int = 1,
                        edge_normalization: bool = False) -> MobileSupernet:  # fmt: skip

@@ -2,8 +2,9 @@
 Hardware", ICLR 2019, Sec. 3.2).
 
 Weight step: one path per edge sampled from softmax(α); only it runs, so memory is one path's. Arch step: two
-paths sampled per edge, binary-gate gradients through them (`SampledPaths(2)`), then their α are shifted by a
-common offset so that the unsampled paths keep their probability (Sec. 3.2.1, "rescale").
+paths sampled per edge (its one path where a single candidate is allowed), binary-gate gradients through them
+(`SampledPaths(2)`), then their α are shifted by a common offset so that the unsampled paths keep their probability
+(Sec. 3.2.1, "rescale").
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class Proxyless(Strategy):
             self.supernet.set_mixing(self.one_path)
         with torch.no_grad():
             for group, alpha in alphas.items():
-                pairs = torch.tensor(self.supernet.last_paths[group].active, device=alpha.device)  # (E, 2)
+                # an edge that ran one path, its only candidate, as the pair (k, k): its α is left as it was
+                paths = self.supernet.last_paths[group].active
+                pairs = torch.tensor([(p * 2)[:2] for p in paths], device=alpha.device)  # (E, 2)
                 old = before[group].gather(1, pairs)
                 new = alpha.gather(1, pairs)
                 offset = torch.logsumexp(old, dim=1, keepdim=True) - torch.logsumexp(new, dim=1, keepdim=True)

@@ -91,7 +91,7 @@ class RandomSearch(Strategy):
 
     def step(self, train_batch, val_batch) -> dict[str, float]:
         (xt, yt), (xv, yv) = train_batch, val_batch
-        losses, accs, val_accs = [], [], []
+        losses, accs = [], []
         for i, (model, opt) in enumerate(zip(self.models, self.opts)):
             model.train()
             opt.zero_grad(set_to_none=True)
@@ -106,18 +106,18 @@ class RandomSearch(Strategy):
             with torch.no_grad():
                 correct = (model(xv).argmax(1) == yv).sum().item()
             self.val_correct[i] += correct
-            val_accs.append(correct / len(yv))
         self.val_seen += len(yv)
-        return {"train_loss": sum(losses) / len(losses), "train_acc": sum(accs) / len(accs),
-                "val_acc": max(val_accs)}  # fmt: skip
+        # no per-step val_acc: the mean of each batch's best candidate is no architecture's accuracy (biased
+        # upwards); the epoch's val_acc is the chosen candidate's, from `epoch_metrics`
+        return {"train_loss": sum(losses) / len(losses), "train_acc": sum(accs) / len(accs)}
 
     def derive(self):
         return self.candidates[self.best] if self.candidates else self.supernet.derive()
 
     def epoch_metrics(self) -> dict[str, float]:
         metrics = {"w_lr": self.opts[0].param_groups[0]["lr"] if self.candidates else self.cfg.w_lr}
-        if self.val_seen:
-            metrics["best_candidate_val_acc"] = self.val_correct[self.best] / self.val_seen
+        if self.val_seen:  # after `end_epoch`: the counts summed over the ranks, `best` picked from them
+            metrics["val_acc"] = metrics["best_candidate_val_acc"] = self.val_correct[self.best] / self.val_seen
         return metrics
 
     def state_dict(self):

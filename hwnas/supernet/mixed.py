@@ -149,7 +149,9 @@ class SampledPaths(Mixing):
     `paths=1` (weight step): one path per edge sampled from softmax(α); only it runs, so the step keeps one
     path's activations. `paths=2` (arch step): two distinct paths sampled, gates g = one-hot of one of them drawn
     from the renormalised pair; g - p.detach() + p passes ∂L/∂g_k = <∂L/∂y, o_k(x)> through the softmax of the
-    pair, which is the binary-gate gradient of Eq. (4) restricted to the sampled paths.
+    pair, which is the binary-gate gradient of Eq. (4) restricted to the sampled paths. Masked candidates (α = −inf,
+    probability 0) are never sampled; an edge with a single candidate left has no pair to compare, so it runs that
+    path behind gate 1 and its α gets no binary-gate gradient (the paper's two paths are two of the edge's choices).
     """
 
     name = "sampled_paths"
@@ -161,17 +163,27 @@ class SampledPaths(Mixing):
 
     def path_weights(self, alpha: torch.Tensor, zero_ops: list[frozenset[int]]) -> PathWeights:
         probs = F.softmax(alpha.detach(), dim=-1).cpu()
-        sampled = torch.multinomial(probs, self.paths, replacement=False, generator=self.generator)
-        active = [row.tolist() for row in sampled]
-        weights = torch.zeros_like(alpha)
         if self.paths == 1:
-            weights = weights + F.one_hot(sampled[:, 0], alpha.shape[1]).to(alpha)
-            return PathWeights(weights.detach(), active)
-        pair = sampled.to(alpha.device)  # (E, 2)
-        pair_probs = F.softmax(alpha.gather(1, pair), dim=-1)  # (E, 2), differentiable in α
-        chosen = torch.multinomial(pair_probs.detach().cpu(), 1, generator=self.generator).to(alpha.device)
-        gates = F.one_hot(chosen[:, 0], 2).to(alpha) - pair_probs.detach() + pair_probs
-        weights = weights.scatter(1, pair, gates)
+            sampled = torch.multinomial(probs, 1, generator=self.generator)  # (E, 1)
+            weights = F.one_hot(sampled[:, 0], alpha.shape[1]).to(alpha)
+            return PathWeights(weights, sampled.tolist())
+        single = probs.argmax(dim=1)  # the one path of an edge that has no other candidate
+        two = (probs > 0).sum(dim=1) >= 2  # (E,), the edges with a pair to sample
+        # that path's gate: its softmax probability, exactly 1 (and of zero gradient) beside masked candidates, yet
+        # in α's graph, so that an α step on a space with no choice left backpropagates (zeros) as DARTS's does
+        only = F.one_hot(single, alpha.shape[1]).to(alpha) * (~two).to(alpha).unsqueeze(1)
+        weights = F.softmax(alpha, dim=-1) * only
+        active = [[k] for k in single.tolist()]
+        rows = two.nonzero()[:, 0]
+        if len(rows):
+            pair = torch.multinomial(probs[rows], 2, replacement=False, generator=self.generator)  # (R, 2)
+            rows, pair = rows.to(alpha.device), pair.to(alpha.device)
+            pair_probs = F.softmax(alpha[rows].gather(1, pair), dim=-1)  # (R, 2), differentiable in α
+            chosen = torch.multinomial(pair_probs.detach().cpu(), 1, generator=self.generator).to(alpha.device)
+            gates = F.one_hot(chosen[:, 0], 2).to(alpha) - pair_probs.detach() + pair_probs
+            weights = weights.index_put((rows.unsqueeze(1), pair), gates)
+            for row, sampled_pair in zip(rows.tolist(), pair.tolist()):
+                active[row] = sampled_pair
         return PathWeights(weights, active)
 
     def combine(self, edge, x, weights, active):

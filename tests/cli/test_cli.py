@@ -164,6 +164,22 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["train", "--genotype", "PROXYLESS_MOBILE", "--stem", "imagenet"], ["--stem shapes DARTS networks"]),
         (["train", "--stem", "tiny"], ["--stem", "invalid choice: 'tiny'"]),
         (["search", "--space", "mobile", "--stem", "imagenet"], ["--stem shapes the DARTS space"]),
+        (["search", "--space", "mobile", "--init-channels", "16"], ["--init-channels shapes the DARTS space"]),
+        (["search", "--space", "mobile", "--layers", "8"], ["--layers shapes the DARTS space"]),
+        (["search", "--target", "mobile", "--latency", "80ms", "--steps", "3"], ["--steps shapes the DARTS space"]),
+        (["search", "--stem", "imagenet", "--init-channels", "5"], ["init channels must be even with the imagenet"]),
+        (
+            ["train", "--genotype", "DARTS_V2", "--stem", "imagenet", "--init-channels", "5"],
+            ["init channels must be even with the imagenet stem, got 5"],
+        ),
+        (
+            ["search", "--strategy", "pcdarts", "--pc-k", "4", "--init-channels", "6"],
+            ["init channels 6 are not divisible by pc-k 4"],
+        ),
+        (
+            ["search", "--space", "mobile", "--strategy", "pcdarts", "--pc-k", "5"],
+            ["has 24 channels, not divisible by pc-k 5"],
+        ),
         (["search", "--latency-layers", "20"], ["--latency-layers goes with --target and --latency"]),
         (
             ["search", "--target", "mobile", "--latency", "80ms", "--latency-init-channels", "36"],
@@ -183,6 +199,16 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, fragments):
     result = cli(*args, "--run-dir", str(tmp_path / "run")) if "--resume" not in args else cli(*args)
     _one_line_error(result, *fragments)
     assert not (tmp_path / "run").exists()  # nothing written for a rejected command
+
+
+@pytest.mark.parametrize("steps,multiplier", [(2, 2), (3, 3), (6, 4)])
+def test_a_cell_concatenates_its_last_four_nodes_or_all_of_fewer(steps, multiplier):
+    """DARTS's cells concatenate their 4 nodes (multiplier = steps = 4); --steps below 4 concatenates every node."""
+    from hwnas.cli import build_parser
+    from hwnas.cli import search as search_cli
+
+    cfg, _run_dir = search_cli._config(build_parser().parse_args(["search", "--steps", str(steps)]), 1)
+    assert (cfg.steps, cfg.multiplier) == (steps, multiplier)
 
 
 @pytest.mark.parametrize(
