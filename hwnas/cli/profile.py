@@ -262,7 +262,7 @@ def _check_resumable(
     delegates = old.details.get("delegate"), new.details.get("delegate")
     if None not in delegates and delegates[0] != delegates[1]:
         raise refuse(f"was measured with delegate {delegates[0]}, not {delegates[1]}")
-    signatures = [m.details.get("machine", {}).get("cpu_signature") for m in (old, new)]
+    signatures = [old.cpu_signature, new.cpu_signature]
     if host_cpu and all(signatures) and signatures[0] != signatures[1]:
         raise refuse(f"was measured on a CPU of signature {signatures[0]!r}, not {signatures[1]!r}")
     protocols = old.details.get("protocol"), new.details.get("protocol")

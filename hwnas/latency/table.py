@@ -113,6 +113,12 @@ class TableMetadata:
     details: dict[str, Any] = field(default_factory=dict)  # machine, protocol, phone, citation, ...
     network_correction: NetworkCorrection | None = None  # None: a network's estimate is the plain sum
 
+    @property
+    def cpu_signature(self) -> str | None:
+        """The recorded signature of the CPU the table was measured on (hwnas.profilers.protocol.cpu_signature),
+        None where the table records none."""
+        return self.details.get("machine", {}).get("cpu_signature")
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if self.network_correction is None:

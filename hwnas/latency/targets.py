@@ -74,7 +74,7 @@ def machine_match(table: LatencyTable) -> int:
         return 2
     from hwnas.profilers.protocol import cpu_signature
 
-    recorded = table.metadata.details.get("machine", {}).get("cpu_signature")
+    recorded = table.metadata.cpu_signature
     if not recorded:
         return 1
     return 2 if recorded == cpu_signature() else 0
