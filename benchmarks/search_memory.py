@@ -4,7 +4,8 @@
     python benchmarks/search_memory.py --device cuda --backends auto triton reference --json .../search_memory_cuda.json
 
 One first-order search step = forward + backward of the supernet on a batch (C=16, 8 cells, 32x32, 3 input
-channels, 10 classes, all 8 DARTS ops); `discrete` is the same step on DartsNetwork(DARTS_V2, 16, 10, 8, 3).
+channels, 10 classes, all 8 DARTS ops; --layers sets the cells); `discrete` is the same step on
+DartsNetwork(DARTS_V2, 16, 10, 8, 3).
 Variants: naive (WeightedSum), fused (WeightedSum(fused=True)), pc_naive / pc_fused (PartialChannel, K=4, edge
 normalisation). The fused variants run once per --backends choice ($HWNAS_KERNELS: `auto` is Triton on large
 CUDA tensors, `triton` Triton on all of them, and the native library, where built, on the CPU). Each row's
@@ -58,15 +59,15 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "search_memory.json
 log = logging.getLogger("search_memory")
 
 
-def build(variant: str):
+def build(variant: str, layers: int = 8):
     from hwnas.ops.darts import DARTS_PRIMITIVES
     from hwnas.spaces.darts import DARTS_V2, DartsNetwork, DartsSupernet
     from hwnas.supernet.mixed import PartialChannel, WeightedSum
 
     if variant == "discrete":
-        return DartsNetwork(DARTS_V2, 16, 10, 8, 3)
+        return DartsNetwork(DARTS_V2, 16, 10, layers, 3)
     pc = variant.startswith("pc_")
-    net = DartsSupernet(16, 10, 8, 3, DARTS_PRIMITIVES, partial_channels=4 if pc else 1, edge_normalization=pc)
+    net = DartsSupernet(16, 10, layers, 3, DARTS_PRIMITIVES, partial_channels=4 if pc else 1, edge_normalization=pc)
     net.set_mixing((PartialChannel if pc else WeightedSum)(fused=variant.endswith("fused")))
     return net
 
@@ -98,13 +99,13 @@ def _rss_bytes(field: str | None) -> int:
 class SearchStep:
     """One first-order search step of a variant on a fixed random batch (seeded: every variant sees the same)."""
 
-    def __init__(self, variant: str, batch: int, device, layout: str = "nchw"):
+    def __init__(self, variant: str, batch: int, device, layout: str = "nchw", layers: int = 8):
         import torch
 
         torch.manual_seed(0)
         self.device = torch.device(device)
         fmt = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}[layout]
-        self.net = build(variant).to(self.device, memory_format=fmt).train()
+        self.net = build(variant, layers).to(self.device, memory_format=fmt).train()
         self.x = torch.randn(batch, 3, 32, 32, device=self.device).contiguous(memory_format=fmt)  # (B, 3, 32, 32)
         self.y = torch.randint(0, 10, (batch,), device=self.device)
 
@@ -135,7 +136,7 @@ class SearchStep:
         return wall, 1e3 * (time.process_time() - c0)
 
 
-def measure(variant: str, batch: int, device: str, threads: int, layout: str) -> dict:
+def measure(variant: str, batch: int, device: str, threads: int, layout: str, layers: int) -> dict:
     """One row's memory, in this process (run it in a fresh one: peak RSS and allocator state depend on history);
     the first step of the process, so it also compiles Triton kernels and lets cuDNN choose."""
     import torch
@@ -143,7 +144,7 @@ def measure(variant: str, batch: int, device: str, threads: int, layout: str) ->
     from hwnas.kernels.backend import kernel_backend
 
     torch.set_num_threads(threads)
-    step = SearchStep(variant, batch, device, layout)
+    step = SearchStep(variant, batch, device, layout, layers)
     dev, net = step.device, step.net
     param_storages = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
     saved: dict[int, int] = {}
@@ -171,6 +172,7 @@ def measure(variant: str, batch: int, device: str, threads: int, layout: str) ->
         "backend": "none" if variant.endswith("naive") or variant == "discrete" else kernel_backend(dev),
         "threads": threads,
         "layout": layout,
+        "layers": layers,
         "saved_bytes": sum(saved.values()),
         "saved_param_bytes": sum(n for p, n in saved.items() if p in param_storages),
         "peak_rss_bytes": peak - rss_before,
@@ -181,7 +183,7 @@ def measure(variant: str, batch: int, device: str, threads: int, layout: str) ->
 
 
 def time_backends(variant: str, backends: list[str], batch: int, device: str, rounds: int, threads: int,
-                  layout: str) -> dict:  # fmt: skip
+                  layout: str, layers: int) -> dict:  # fmt: skip
     """Step times of one variant's network under each $HWNAS_KERNELS choice, in one process: a warm-up step per
     backend, then `rounds` rounds of one step per backend, the order rotating. Timings on a shared machine drift
     by several percent within minutes, as much as two backends may differ; a ratio taken within a round cancels
@@ -190,7 +192,7 @@ def time_backends(variant: str, backends: list[str], batch: int, device: str, ro
     import torch
 
     torch.set_num_threads(threads)
-    step = SearchStep(variant, batch, device, layout)
+    step = SearchStep(variant, batch, device, layout, layers)
     times = {k: {"wall_ms": [], "cpu_ms": []} for k in backends}
     for r in range(rounds + 1):
         for i in [(r + j) % len(backends) for j in range(len(backends))]:
@@ -215,7 +217,7 @@ def max_batch(rows: list[dict]) -> int:
 def run_worker(args, *worker: str, kernels: str = "auto"):
     """This script's worker mode in a fresh process; its last stdout line is JSON."""
     cmd = [sys.executable, __file__, *worker, "--device", args.device, "--repeats", str(args.repeats),
-           "--threads", str(args.threads), "--layout", args.layout]  # fmt: skip
+           "--threads", str(args.threads), "--layout", args.layout, "--layers", str(args.layers)]  # fmt: skip
     env = {**os.environ, "HWNAS_KERNELS": kernels}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
@@ -297,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cycles", type=int, default=3, help="timing cycles over the variants (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--layers", type=int, default=8, help="cells of the networks (default 8, as DARTS searches)")
     parser.add_argument(
         "--layout",
         choices=("auto", "nchw", "nhwc"),
@@ -315,12 +318,15 @@ def main(argv: list[str] | None = None) -> int:
 
         args.layout = "nhwc" if memory_format(torch.device(args.device)) == torch.channels_last else "nchw"
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.device, args.threads, args.layout)))
+        row = measure(args.worker[0], int(args.worker[1]), args.device, args.threads, args.layout, args.layers)
+        print(json.dumps(row))
         return 0
     if args.timing_worker:
         variant, batch = args.timing_worker[0], int(args.timing_worker[1])
         backends = _backends(args, variant)
-        print(json.dumps(time_backends(variant, backends, batch, args.device, args.repeats, args.threads, args.layout)))
+        times = time_backends(variant, backends, batch, args.device, args.repeats, args.threads, args.layout,
+                              args.layers)  # fmt: skip
+        print(json.dumps(times))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     rows = []

@@ -40,11 +40,17 @@ class Protocol:
     clock: str = "auto"  # "wall", "thread" (CPU time of the calling thread), "auto": thread when single-threaded
 
     def __post_init__(self):
+        for name, counted in (("warmup_runs", True), ("runs", True), ("min_sample_ms", False), ("outlier_iqr", False)):
+            value = getattr(self, name)
+            number = not isinstance(value, bool) and isinstance(value, int if counted else int | float)
+            if not number or (not counted and not 0 <= value < math.inf):  # NaN fails 0 <= NaN
+                expected = "an integer" if counted else "a finite number >= 0"
+                raise HwnasError(f"protocol {name} must be {expected}, got {value!r}")
         if self.warmup_runs < 0:
             raise HwnasError(f"warm-up runs must be >= 0, got {self.warmup_runs}")
         if self.runs < 3:
             raise HwnasError(f"a measurement needs at least 3 runs, got {self.runs}")
-        if self.clock not in CLOCKS and self.clock != "auto":
+        if not isinstance(self.clock, str) or (self.clock not in CLOCKS and self.clock != "auto"):
             raise HwnasError(f"unknown clock {self.clock!r}; known: auto, {', '.join(CLOCKS)}")
 
     def resolve_clock(self, threads: int) -> str:
@@ -64,7 +70,7 @@ class Protocol:
         resolved to: a host clock is kept; a device's own (the GPU profiler's CUDA events) is not the
         protocol's to choose, so it becomes "auto"."""
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if fields.get("clock") not in CLOCKS:
+        if not isinstance(fields.get("clock"), str) or fields["clock"] not in CLOCKS:
             fields["clock"] = "auto"
         return cls(**fields)
 

@@ -64,10 +64,12 @@ def _cli_env() -> dict[str, str]:
 
 
 # A process that has imported hwnas.cli (and torch with it: 4 s on an AMD EPYC VM, most of a failing command's
-# time) and runs each command in a fork of itself: a fresh process per command, as `python -m hwnas` gives, with
-# the test's environment, working directory, stdout and stderr. The CLI's import starts no thread (checked here).
+# time), torch._dynamo (which a torch optimizer imports when it is made: 2.6 s) and the plots (matplotlib: 0.8 s),
+# and runs each command in a fork of itself: a fresh process per command, as `python -m hwnas` gives, with the
+# test's environment, working directory, stdout and stderr. These imports start no thread (checked here).
 _FORK_SERVER = r"""
 import json, os, sys, threading, traceback
+import torch._dynamo, hwnas.plots
 from hwnas.cli import build_parser, main
 build_parser()  # imports every subcommand's module
 assert threading.active_count() == 1, "a thread before fork"

@@ -132,23 +132,6 @@ def test_checkpoint_tensors_load_onto_the_cpu_and_resume(tmp_path):
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
 
 
-def test_cpu_search_and_train_through_the_cli(cli, tmp_path):
-    run = tmp_path / "search"
-    result = cli("search", *TINY, "--epochs", "1", "--device", "cpu", "--run-dir", str(run))
-    assert result.returncode == 0, result.stderr
-    assert json.loads((run / "config.json").read_text())["config"]["device"] == "cpu"
-    assert json.loads((run / "summary.json").read_text())["device"] == "cpu"
-    result = cli("search", "--resume", str(run), "--epochs", "2", "--device", "auto", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert json.loads((run / "config.json").read_text())["config"]["device"] == "auto"
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
-    train = tmp_path / "train"
-    result = cli("train", *TINY, "--genotype", str(run / "genotype.json"), "--epochs", "1", "--device", "cpu",
-                 "--run-dir", str(train))  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads((train / "summary.json").read_text())["device"] == "cpu"
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_cuda_is_one_line_and_writes_nothing(cli, tmp_path):
     run = tmp_path / "run"

@@ -310,6 +310,13 @@ def _check_details(details: dict[str, Any], where: str) -> None:
         raise fail("machine.cpu_signature", "a string", machine["cpu_signature"])
     if not isinstance(details.get("protocol", {}), dict):
         raise fail("protocol", "an object", details["protocol"])
+    if "protocol" in details:  # a table's protocol is repeated: to time a derived network, to resume
+        from hwnas.profilers import Protocol
+
+        try:
+            Protocol.from_json(details["protocol"])
+        except HwnasError as err:
+            raise HwnasError(f"{where}: metadata details: {err}") from None
     if not isinstance(details.get("delegate", ""), str):
         raise fail("delegate", "a string", details["delegate"])
     rounds = details.get("rounds", 1)

@@ -166,7 +166,7 @@ def _wait_for(path: Path, timeout_s: float = 120) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
 def test_a_killed_process_fails_the_job_and_resume_continues_with_any_world_size(cli, tmp_path):
-    search = [*TINY, "--epochs", "4", "--nproc", "2"]
+    search = [*TINY, "--epochs", "3", "--nproc", "2"]
     reference = cli("search", *search, "--run-dir", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr
 
@@ -188,18 +188,18 @@ def test_a_killed_process_fails_the_job_and_resume_continues_with_any_world_size
     assert job.returncode == 2 and "Traceback" not in stderr, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("hwnas: error: process 1 of 2 was killed by SIGKILL") and f"--resume {killed}" in last
-    assert 1 <= len((killed / "metrics.jsonl").read_text().splitlines()) < 4
+    assert 1 <= len((killed / "metrics.jsonl").read_text().splitlines()) < 3
 
     resumed = cli("search", "--resume", str(killed), "--nproc", "2", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     for name in ("genotype.json", "alphas.json"):
         assert (killed / name).read_text() == (tmp_path / "reference" / name).read_text(), name
-    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 4
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 3
 
     # the checkpoint of 2 processes continues in 1 (the checkpoint holds no per-process state)
-    result = cli("search", "--resume", str(killed), "--epochs", "5", "--no-progress")
+    result = cli("search", "--resume", str(killed), "--epochs", "4", "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 5
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 4
     assert json.loads((killed / "summary.json").read_text())["world_size"] == 1
 
 

@@ -14,27 +14,32 @@ SCRIPT = ROOT / "benchmarks" / "search_memory.py"
 
 
 def test_rows_hold_memory_and_round_robin_times(tmp_path: Path):
+    """One batch size (each row and each timing is a process of its own, 5 s of imports apiece)."""
     out = tmp_path / "memory.json"
-    cmd = [sys.executable, str(SCRIPT), "--batch-sizes", "1", "2", "--variants", "naive", "pc_fused",
+    cmd = [sys.executable, str(SCRIPT), "--batch-sizes", "2", "--variants", "naive", "pc_fused", "--layers", "3",
            "--backends", "auto", "reference", "--repeats", "2", "--cycles", "1", "--json", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert sorted((r["variant"], r["kernels"], r["batch"]) for r in rows) == [
-        ("naive", "auto", 1), ("naive", "auto", 2), ("pc_fused", "auto", 1), ("pc_fused", "auto", 2),
-        ("pc_fused", "reference", 1), ("pc_fused", "reference", 2),
-    ]  # fmt: skip
-    by = {(r["variant"], r["kernels"], r["batch"]): r for r in rows}
-    for batch in (1, 2):
-        naive = by["naive", "auto", batch]
-        assert naive["timed_rounds"] == 2 and naive["timed_cycles"] == 1 and naive["step_ms"] > 0
-        assert "wall_x_first_backend" not in naive and naive["step_x_naive"] == naive["cpu_x_naive"] == 1.0
-        auto, reference = by["pc_fused", "auto", batch], by["pc_fused", "reference", batch]
-        assert auto["saved_bytes"] < naive["saved_bytes"] and auto["step_ms"] > 0
-        assert auto["wall_x_first_backend"] == 1.0 and reference["wall_x_first_backend"] > 0  # paired in rounds
-        assert reference["backend"] == "reference" and auto["step_x_naive"] > 0 and reference["cpu_x_naive"] > 0
-    assert by["naive", "auto", 2]["saved_bytes"] > by["naive", "auto", 1]["saved_bytes"]
+    by = {(r["variant"], r["kernels"]): r for r in rows}
+    assert sorted(by) == [("naive", "auto"), ("pc_fused", "auto"), ("pc_fused", "reference")] and len(rows) == 3
+    naive, auto, reference = by["naive", "auto"], by["pc_fused", "auto"], by["pc_fused", "reference"]
+    assert all(r["batch"] == 2 and r["layers"] == 3 for r in rows)
+    assert naive["timed_rounds"] == 2 and naive["timed_cycles"] == 1 and naive["step_ms"] > 0
+    assert "wall_x_first_backend" not in naive and naive["step_x_naive"] == naive["cpu_x_naive"] == 1.0
+    assert 0 < auto["saved_bytes"] < naive["saved_bytes"] and auto["step_ms"] > 0
+    assert auto["saved_bytes"] == reference["saved_bytes"]  # the backends compute and save alike
+    assert auto["wall_x_first_backend"] == 1.0 and reference["wall_x_first_backend"] > 0  # paired in rounds
+    assert reference["backend"] == "reference" and auto["step_x_naive"] > 0 and reference["cpu_x_naive"] > 0
+    assert naive["max_batch_4gib"] == int(4 * 2**30 * 2 / naive["saved_bytes"])  # one size: a line through 0
     assert "x naive" in done.stdout and "x 1st backend" in done.stdout  # the printed table
+
+
+def test_max_batch_extrapolates_a_least_squares_line():
+    max_batch = load_benchmark("search_memory").max_batch
+    rows = [{"batch": b, "saved_bytes": 2**20 + b * 2**24} for b in (16, 32, 64)]  # 1 MiB + 16 MiB per example
+    assert max_batch(rows) == (4 * 2**30 - 2**20) // 2**24
+    assert max_batch([{"batch": 8, "saved_bytes": 2**30}]) == 32
 
 
 def test_x_naive_is_the_median_over_cycles_of_same_cycle_ratios():

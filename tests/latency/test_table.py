@@ -108,6 +108,8 @@ BAD = [
     (("metadata", "details"), {"machine": {"cpu_signature": 6}}, "'machine.cpu_signature' must be a string"),
     (("metadata", "details"), {"protocol": [10, 30]}, "details 'protocol' must be an object"),
     (("metadata", "details"), {"delegate": None}, "details 'delegate' must be a string"),
+    (("metadata", "details"), {"protocol": {"runs": "30"}}, "details: protocol runs must be an integer, got '30'"),
+    (("metadata", "details"), {"protocol": {"runs": 2}}, "details: a measurement needs at least 3 runs"),
     (("metadata", "details"), {"rounds": 0}, "details 'rounds' must be an integer >= 1"),
     (("metadata", "details"), {"rounds": "3"}, "details 'rounds' must be an integer >= 1"),
     (("metadata", "details"), {"devices": {"model": "x"}}, "'devices' must be a list of objects with an integer"),

@@ -33,6 +33,14 @@ def test_measure_batches_short_ops_to_min_sample_time():
 def test_protocol_validation_and_json():
     with pytest.raises(HwnasError, match="at least 3 runs"):
         Protocol(runs=2)
+    for field, value, expected in [
+        ("runs", "30", "an integer"), ("warmup_runs", True, "an integer"), ("clock", ["wall"], "unknown clock"),
+        ("min_sample_ms", float("nan"), "a finite number"), ("outlier_iqr", -1.0, "a finite number >= 0"),
+    ]:  # fmt: skip
+        with pytest.raises(HwnasError, match=expected):
+            Protocol(**{field: value})
+    assert Protocol(min_sample_ms=0, outlier_iqr=2).outlier_iqr == 2
+    assert Protocol.from_json({"clock": ["wall"]}).clock == "auto"
     assert Protocol().to_json()["runs"] == 30
 
 
