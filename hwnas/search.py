@@ -96,8 +96,10 @@ def run_search(
     run: RunDir,
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    plots: bool = True,
 ) -> SearchResult:
-    """Search per `cfg` into `run`, continuing from its checkpoint when there is one (only rank 0 writes `run`)."""
+    """Search per `cfg` into `run`, continuing from its checkpoint when there is one (only rank 0 writes `run`);
+    `plots`: draw the derived cells, α and the metrics into PNGs at the end."""
     cfg.validate()
     world, rank = distributed.world_size(), distributed.rank()
     distributed.check_batch_size(cfg.batch_size, world)
@@ -224,7 +226,8 @@ def run_search(
     if main:
         genotype.save(run.path / "genotype.json")
         run.write_json("summary.json", summary)
-        _plots(run, genotype, history, alpha_history, supernet, summary)
+        if plots:
+            _plots(run, genotype, history, alpha_history, supernet, summary)
     return SearchResult(genotype, history, summary)
 
 

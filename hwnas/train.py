@@ -154,8 +154,9 @@ def build_model(cfg: TrainConfig, in_channels: int, num_classes: int, genotype_s
     return genotype, model
 
 
-def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResult:
-    """Train per `cfg` into `run`, continuing from its checkpoint when there is one (only rank 0 writes `run`)."""
+def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True, plots: bool = True) -> TrainResult:
+    """Train per `cfg` into `run`, continuing from its checkpoint when there is one (only rank 0 writes `run`);
+    `plots`: draw the metrics into metrics.png at the end."""
     cfg.validate()
     world, rank = distributed.world_size(), distributed.rank()
     distributed.check_batch_size(cfg.batch_size, world)
@@ -270,9 +271,10 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True) -> TrainResu
                                                   "num_classes": splits.num_classes,
                                                   "state_dict": model.state_dict()})  # fmt: skip
         run.write_json("summary.json", summary)
-        from hwnas import plots
+        if plots:
+            from hwnas.plots import best_effort, plot_metrics
 
-        with plots.best_effort():
-            plots.plot_metrics(history, run.path / "metrics.png")
+            with best_effort():
+                plot_metrics(history, run.path / "metrics.png")
         log.info("test accuracy %.4f (%d parameters), weights in %s", test_acc, params, run.path / "model.pt")
     return TrainResult(test_acc, test_loss, params, macs, summary)

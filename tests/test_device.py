@@ -124,11 +124,11 @@ def test_device_fields_round_trip_through_json():
 def test_checkpoint_tensors_load_onto_the_cpu_and_resume(tmp_path):
     cfg = tiny_search_config(epochs=1)
     run = RunDir.create(tmp_path / "run", "search", cfg.to_json())
-    first = run_search(cfg, run, progress=False)
+    first = run_search(cfg, run, progress=False, plots=False)
     state = run.load_checkpoint()  # torch.load(map_location="cpu")
     assert {t.device for t in state["supernet"].values()} == {CPU}
     assert first.summary["device"] == "cpu"
-    resumed = run_search(cfg.replace(device="auto", epochs=2), run, progress=False)  # the device may change
+    resumed = run_search(cfg.replace(device="auto", epochs=2), run, progress=False, plots=False)  # on another device
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
 
 
@@ -163,13 +163,13 @@ SEARCHES_ON_CUDA = {
 def test_search_epoch_on_cuda_derives_a_valid_genotype_and_resumes_on_the_cpu(tmp_path, name):
     cfg = tiny_search_config(device="cuda", epochs=1, **SEARCHES_ON_CUDA[name])
     run = RunDir.create(tmp_path / "run", "search", cfg.to_json())
-    result = run_search(cfg, run, progress=False)
+    result = run_search(cfg, run, progress=False, plots=False)
     assert result.summary["device"] == str(CUDA0)
     assert {t.device for t in run.load_checkpoint()["supernet"].values()} == {CPU}
     genotype = load_genotype(str(tmp_path / "run" / "genotype.json"))
     assert genotype == result.genotype
     get_space("darts").build_network(genotype, cfg, 3, 4)
-    resumed = run_search(cfg.replace(device="cpu", epochs=2), run, progress=False)
+    resumed = run_search(cfg.replace(device="cpu", epochs=2), run, progress=False, plots=False)
     assert len(resumed.history) == 2 and resumed.summary["device"] == "cpu"
 
 

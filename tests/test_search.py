@@ -11,13 +11,14 @@ from hwnas.search import check_search_config, run_search
 from tests.conftest import StoppedHere, stop_when_metrics_reach, tiny_search_config
 
 
-def _search(tmp_path, name="run", on_step=None, **changes):
+def _search(tmp_path, name="run", on_step=None, plots=False, **changes):
     cfg = tiny_search_config(**changes)
-    return run_search(cfg, RunDir.create(tmp_path / name, "search", cfg.to_json()), progress=False, on_step=on_step)
+    run = RunDir.create(tmp_path / name, "search", cfg.to_json())
+    return run_search(cfg, run, progress=False, on_step=on_step, plots=plots)
 
 
 def test_one_search_epoch_writes_the_run_directory(tmp_path):
-    result = _search(tmp_path, epochs=1)
+    result = _search(tmp_path, epochs=1, plots=True)
     run = tmp_path / "run"
     for name in ("config.json", "genotype.json", "metrics.jsonl", "alphas.json", "checkpoint.pt", "summary.json",
                  "log.txt", "cell_normal.png", "cell_reduce.png", "alphas.png", "metrics.png"):  # fmt: skip
@@ -98,7 +99,7 @@ def test_extending_a_finished_run_follows_the_longer_cosine_schedule(tmp_path):
     not back at 0.025, where a restored stateful scheduler would have wrapped around."""
     cfg = tiny_search_config(epochs=1)
     _search(tmp_path, epochs=1)
-    run_search(cfg.replace(epochs=2), RunDir(tmp_path / "run", "search"), progress=False)
+    run_search(cfg.replace(epochs=2), RunDir(tmp_path / "run", "search"), progress=False, plots=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["w_lr"] for r in rows] == [cfg.w_lr, pytest.approx(cosine_lr(1, 2, cfg.w_lr, cfg.w_lr_min))]
 
@@ -126,7 +127,7 @@ def test_loader_processes_change_nothing_but_speed(tmp_path, monkeypatch):
         cfg = tiny_search_config()
         cfg = cfg.replace(data=cfg.data.replace(workers=workers))
         results[workers] = run_search(cfg, RunDir.create(tmp_path / f"w{workers}", "search", cfg.to_json()),
-                                      progress=False)  # fmt: skip
+                                      progress=False, plots=False)  # fmt: skip
     assert started == [0] * 4 + [2] * 4  # 2 epochs, train and val
     assert results[2].genotype == results[0].genotype
     assert all(torch.equal(a, b) for a, b in zip(_alphas(tmp_path / "w2"), _alphas(tmp_path / "w0"), strict=True))
@@ -147,7 +148,7 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, strategy):
     run, stored = RunDir.open(tmp_path / "killed", "search")
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 1
     cfg = tiny_search_config().from_json(stored)
-    resumed = run_search(cfg, run, progress=False)
+    resumed = run_search(cfg, run, progress=False, plots=False)
     assert resumed.genotype == reference.genotype
     assert json.loads((tmp_path / "killed" / "alphas.json").read_text()) == json.loads(
         (tmp_path / "reference" / "alphas.json").read_text()
@@ -165,7 +166,7 @@ def test_a_stop_between_the_checkpoint_and_the_metrics_is_mended_by_the_resume(t
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert len(metrics.read_text().splitlines()) == 1
     run, stored = RunDir.open(tmp_path / "run", "search")
-    resumed = run_search(tiny_search_config().from_json(stored), run, progress=False)
+    resumed = run_search(tiny_search_config().from_json(stored), run, progress=False, plots=False)
     rows = [json.loads(row) for row in metrics.read_text().splitlines()]
     assert len(resumed.history) == 2 and rows == resumed.history
 
@@ -192,7 +193,11 @@ def test_killed_within_an_epoch_resumes_from_its_mid_epoch_checkpoint(tmp_path, 
     run, stored = RunDir.open(tmp_path / "killed", "search")
     stops.clear()
     resumed = run_search(
-        tiny_search_config().from_json(stored), run, progress=False, on_step=lambda e, s: stops.append((e, s))
+        tiny_search_config().from_json(stored),
+        run,
+        progress=False,
+        on_step=lambda e, s: stops.append((e, s)),
+        plots=False,
     )
     assert stops[0] == (1, 2)  # the steps it had done are not done again
     assert resumed.genotype == reference.genotype
@@ -221,9 +226,9 @@ def test_corrupt_or_mismatched_checkpoint_is_a_user_error(tmp_path):
     run = RunDir(tmp_path / "run", "search")
     other = tiny_search_config(init_channels=8)
     with pytest.raises(HwnasError, match="does not match"):
-        run_search(other, run, progress=False)
+        run_search(other, run, progress=False, plots=False)
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(HwnasError, match="corrupt checkpoint"):
-        run_search(tiny_search_config(epochs=1), run, progress=False)
+        run_search(tiny_search_config(epochs=1), run, progress=False, plots=False)
     with pytest.raises(HwnasError, match="not a train"):
         RunDir.open(tmp_path / "run", "train")

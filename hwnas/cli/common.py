@@ -57,6 +57,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also checkpoint within an epoch every M minutes (default 10; 0: at epoch ends only); "
                             "may change on --resume")  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--no-plots", action="store_true",
+                       help="draw no PNGs at the end (e.g. in sweeps); metrics.jsonl and the JSON files hold their "
+                            "figures")  # fmt: skip
 
 
 def refuse_unless(applies: bool, flags: dict[str, Any], what: str) -> None:

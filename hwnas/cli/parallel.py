@@ -96,7 +96,8 @@ def _launch(command: str, args: argparse.Namespace, configure: Configure) -> Non
     run_dir = _write_run(command, args, cfg, path or default_run_dir(command))
     log.info("starting %d processes for %s", args.nproc, run_dir.path)
     argv = ["-m", "hwnas", *(["-v"] if args.verbose else []), command, "--resume", str(run_dir.path),
-            "--dist-timeout", str(args.dist_timeout), *(["--no-progress"] if args.no_progress else [])]  # fmt: skip
+            "--dist-timeout", str(args.dist_timeout), *(["--no-progress"] if args.no_progress else []),
+            *(["--no-plots"] if args.no_plots else [])]  # fmt: skip
     resume = f"hwnas {command} --resume {shlex.quote(str(run_dir.path))} --nproc {args.nproc}"
     try:
         with resumable_by(resume):

@@ -103,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
     from hwnas.search import run_search
 
     quiet_exporters()  # a search on a host runtime's table exports the derived network to time it
-    done = parallel.run("search", args, _config, lambda cfg, run_dir: run_search(cfg, run_dir, not args.no_progress))
+    done = parallel.run(
+        "search",
+        args,
+        _config,
+        lambda cfg, run_dir: run_search(cfg, run_dir, not args.no_progress, plots=not args.no_plots),
+    )
     if done is None:  # another rank, or the launcher of --nproc's processes: their rank 0 reported
         return 0
     cfg, run_dir, result = done

@@ -64,7 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hwnas.train import run_train
 
-    done = parallel.run("train", args, _config, lambda cfg, run_dir: run_train(cfg, run_dir, not args.no_progress))
+    done = parallel.run(
+        "train",
+        args,
+        _config,
+        lambda cfg, run_dir: run_train(cfg, run_dir, not args.no_progress, plots=not args.no_plots),
+    )
     if done is None:  # another rank, or the launcher of --nproc's processes: their rank 0 reported
         return 0
     _cfg, run_dir, result = done

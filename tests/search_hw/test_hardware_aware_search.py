@@ -153,7 +153,7 @@ def test_random_search_respects_the_budget(tmp_path, synthetic_table):
     budget = 0.5 * (model.min_ms(probe) + model.max_ms(probe))
     cfg = mobile_config(strategy="random", target=str(synthetic_table.path), latency_ms=budget, epochs=1,
                         random_samples=3)  # fmt: skip
-    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False, plots=False)
     assert result.summary["predicted_latency_ms"] <= budget
     assert "best_candidate_val_acc" in result.history[-1]
 
@@ -179,7 +179,7 @@ def test_host_targets_time_the_derived_network(tmp_path, target, caplog):
     table.save(tmp_path / f"{target}_mobile_{SIZE}.json")
     _fastest, slowest = _budget_range(table)  # a budget the space can meet, far above what this CPU measures
     cfg = mobile_config(strategy="random", target=str(table.path), latency_ms=slowest, epochs=1, random_samples=1)
-    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False, plots=False)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     if target == "gpu" and not torch.cuda.is_available():
         assert saved["measured_latency_ms"] is None and "could not time the derived network" in caplog.text
@@ -229,7 +229,7 @@ def test_rederived_from_its_own_measurement(tmp_path, monkeypatch, scale, repair
     budget = 3.0  # the synthetic space spans 1.8-3.9 ms
     cfg = mobile_config(strategy="random", target=str(table.path), latency_ms=budget, epochs=1, random_samples=1,
                         measured_repairs=repairs)  # fmt: skip
-    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False, plots=False)
     summary = result.summary
     assert 0.9 * budget <= timed[0] / scale <= budget  # the search's own derivation is in the band by the table
     assert len(summary["measured_rederivations"]) == len(timed) - 1 <= repairs
@@ -323,7 +323,7 @@ def test_darts_search_budgets_the_network_it_will_train(tmp_path):
     model = LatencyModel(space, deployed, table, probe)
     budget = model.min_ms(probe) + 0.5 * (model.max_ms(probe) - model.min_ms(probe))
     cfg = cfg.replace(target=str(table.path), latency_ms=budget)
-    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False, plots=False)
     deployed_ms = table.sum_ms(space.network_op_configs(result.genotype, deployed, 8))
     assert 0.9 * budget <= result.summary["predicted_latency_ms"] <= budget
     assert result.summary["predicted_latency_ms"] == pytest.approx(deployed_ms)
@@ -347,7 +347,7 @@ def test_darts_space_searches_to_a_budget(tmp_path, strategy):
     model = LatencyModel(space, cfg, table, probe)
     budget = model.min_ms(probe) + 0.5 * (model.max_ms(probe) - model.min_ms(probe))
     cfg = cfg.replace(target=str(table.path), latency_ms=budget)
-    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False)
+    result = run_search(cfg, RunDir.create(tmp_path / "run", "search", cfg.to_json()), progress=False, plots=False)
     assert 0.9 * budget <= result.summary["predicted_latency_ms"] <= budget
     assert result.summary["predicted_latency_ms"] == pytest.approx(model.architecture_ms(probe, result.genotype))
     assert {"expected_latency_ms", "lambda", "argmax_latency_ms"} <= set(result.history[-1])
