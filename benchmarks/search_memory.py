@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--timing-worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.layers < 1:
+        parser.error(f"--layers must be >= 1, got {args.layers}")
     if args.repeats is None:
         args.repeats = 20 if args.device.startswith("cuda") else 5
     if args.layout == "auto":

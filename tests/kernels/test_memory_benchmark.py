@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.kernels.conftest import ROOT
 from tests.latency.helpers import load_benchmark
 
@@ -33,6 +35,12 @@ def test_rows_hold_memory_and_round_robin_times(tmp_path: Path):
     assert reference["backend"] == "reference" and auto["step_x_naive"] > 0 and reference["cpu_x_naive"] > 0
     assert naive["max_batch_4gib"] == int(4 * 2**30 * 2 / naive["saved_bytes"])  # one size: a line through 0
     assert "x naive" in done.stdout and "x 1st backend" in done.stdout  # the printed table
+
+
+def test_no_cells_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_benchmark("search_memory").main(["--layers", "0"])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().endswith("--layers must be >= 1, got 0")
 
 
 def test_max_batch_extrapolates_a_least_squares_line():
