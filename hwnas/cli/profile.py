@@ -21,13 +21,13 @@ from pathlib import Path
 from hwnas.cli.common import quiet_exporters, refuse_unless
 from hwnas.config import STEMS, SearchConfig
 from hwnas.errors import HwnasError, resumable_by
+from hwnas.fresh_process import in_fresh_process
 from hwnas.latency.calibration import (
     CalibrationNetwork,
     calibration_networks,
     calibration_path,
     combine_rounds,
     fit_network_correction,
-    in_fresh_process,
     load_measurements,
     save_measurements,
 )

@@ -12,15 +12,9 @@ resumes.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
-import os
-import pickle
-import signal
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from hwnas.errors import HwnasError
+from hwnas.fresh_process import in_fresh_process
 from hwnas.latency.table import NetworkCorrection, TableEntry
 from hwnas.ops.opconfig import OpConfig
 
@@ -84,92 +79,6 @@ def combine_rounds(measurements) -> TableEntry:
         float(np.median([m.iqr_ms or 0.0 for m in measurements])),
         sum(m.runs for m in measurements),
     )
-
-
-def in_fresh_process(fn, *args):
-    """`fn(*args)` in a freshly spawned process (picklable arguments and result); its exception is raised here.
-
-    The process never outlives this call: an exception here (Ctrl-C, SIGTERM) stops it, and it exits by itself
-    once its parent is gone (killed outright), rather than go on measuring into a table, and timing against
-    whatever runs next, as an orphan. It starts with SIGINT ignored, so that a Ctrl-C during its imports does
-    not print a traceback from the middle of them: until its handlers are in place it is terminated instead."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    results, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_send_result, args=(sender, os.getpid(), fn, args), daemon=True)
-    with _sigint_ignored():
-        process.start()
-    sender.close()
-    started = False
-    try:
-        results.recv()  # STARTED
-        started = True
-        ok, value = results.recv()
-        process.join(STOP_GRACE_S)  # it exits by itself once it has sent its result (its exit handlers take a while)
-    except EOFError:
-        raise HwnasError(f"the measuring process died ({_exit_status(process)})") from None
-    finally:
-        if process.is_alive() and (started or results.poll()):  # as Ctrl-C would: it cleans up (locks, files)
-            os.kill(process.pid, signal.SIGINT)
-            process.join(STOP_GRACE_S)
-        if process.is_alive():
-            process.terminate()
-        process.join()
-        results.close()
-    if not ok:
-        raise value
-    return value
-
-
-STARTED = "started"  # what a fresh process sends first, once SIGINT raises KeyboardInterrupt in it
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """SIGINT ignored meanwhile, and so in the processes started meanwhile (spawn keeps it so); only the main
-    thread may change a handler, elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _exit_status(process) -> str:
-    process.join()
-    code = process.exitcode
-    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-
-
-def _send_result(sender, parent_pid: int, fn, args) -> None:
-    """In the fresh process: `fn(*args)` or its exception into `sender`, while a thread watches the parent."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # it was started with SIGINT ignored
-    sender.send(STARTED)
-    threading.Thread(target=_exit_without, args=(parent_pid,), daemon=True).start()
-    try:
-        result = (True, fn(*args))
-    except BaseException as err:  # noqa: BLE001 - raised again in the parent
-        result = (False, err)
-    try:
-        sender.send(result)
-    except (pickle.PicklingError, TypeError, AttributeError) as err:  # an unpicklable result or exception
-        sender.send((False, HwnasError(f"{type(result[1]).__name__} from the measuring process: {err}")))
-    sender.close()
-
-
-PARENT_POLL_S = 0.5
-STOP_GRACE_S = 10.0  # how long an interrupted measuring process has to stop before it is terminated
-
-
-def _exit_without(parent_pid: int) -> None:
-    """Exit this process once `parent_pid` is no longer its parent (the parent died; the process was adopted)."""
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_S)
-    os._exit(1)
 
 
 def _measure_with(options: dict[str, Any], network: CalibrationNetwork):
