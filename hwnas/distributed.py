@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hwnas.errors import HwnasError, Interrupted
+from hwnas.errors import HwnasError, Interrupted, raise_if_ctrl_c
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 300.0
@@ -123,6 +123,7 @@ def _collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
+        raise_if_ctrl_c()  # the others stopped for it (this process dropped its KeyboardInterrupt)
         raise HwnasError(f"process {rank()} of {world_size()} lost the others during {what}: a process died or did "
                          f"not answer within the timeout ({_first_line(err)})") from None  # fmt: skip
 

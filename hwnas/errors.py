@@ -2,6 +2,8 @@
 (work stopped by Ctrl-C or SIGTERM, with the command that continues it)."""
 
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,3 +47,38 @@ def resumable_by(resume: str) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         raise Interrupted(resume) from None
+
+
+_ctrl_c_seen = False  # set by `ctrl_c_recorded`'s handler
+
+
+@contextmanager
+def ctrl_c_recorded() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is remembered for `raise_if_ctrl_c`:
+    Python prints and drops an exception raised in a destructor or a garbage collector's callback (tqdm's, JAX's),
+    and such a process went on (a rank of a search then reported the others lost instead of the Ctrl-C). Main
+    thread only; SIGINT is left alone where Python's handler is not in place (ignored, as in a background job)."""
+    global _ctrl_c_seen
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def record(signum, frame):
+        global _ctrl_c_seen
+        _ctrl_c_seen = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _ctrl_c_seen = False
+
+
+def raise_if_ctrl_c() -> None:
+    """KeyboardInterrupt if a Ctrl-C came while `ctrl_c_recorded` and its KeyboardInterrupt was dropped."""
+    if _ctrl_c_seen:
+        raise KeyboardInterrupt

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hwnas import distributed
-from hwnas.errors import HwnasError, Interrupted, first_line_error
+from hwnas.errors import HwnasError, Interrupted, first_line_error, raise_if_ctrl_c
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -129,7 +129,9 @@ class CheckpointClock:
         log.warning("SIGTERM: stopping after a checkpoint at the next step (again: at once)")
 
     def poll(self) -> tuple[bool, bool]:
-        """(checkpoint now, then stop): rank 0's answer on every rank."""
+        """(checkpoint now, then stop): rank 0's answer on every rank. A Ctrl-C whose KeyboardInterrupt was dropped
+        (`hwnas.errors.ctrl_c_recorded`) is raised here."""
+        raise_if_ctrl_c()
         due = self.minutes > 0 and time.monotonic() - self.last >= 60.0 * self.minutes
         flags = distributed.broadcast_flags([due or self.stop_requested, self.stop_requested])
         return flags[0], flags[1]

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from hwnas.errors import HwnasError, Interrupted
+from hwnas.errors import HwnasError, Interrupted, ctrl_c_recorded
 
 COMMANDS = {
     "search": "search an architecture (DARTS, PC-DARTS, GDAS, ProxylessNAS, random) on a supernet",
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     previous = _stop_on_sigterm()
     try:
-        return int(args.run(args) or 0)
+        with ctrl_c_recorded():
+            return int(args.run(args) or 0)
     except HwnasError as err:
         print(f"hwnas: error: {err}", file=sys.stderr)
         return 2
