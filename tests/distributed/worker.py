@@ -15,8 +15,8 @@ records, per rank, into OUT:
 `--isolate-bn` makes every BatchNorm normalise by its running statistics (mean 0, variance 1, never updated)
 instead of the batch's, so a shard and the whole batch are normalised alike; `--stall RANK EPOCH` makes rank RANK
 sleep at the first step of EPOCH (0-based), as a process that hangs without dying until the launcher's SIGTERM;
-`--exit-at STEP` makes rank 0 exit (code 3, at once) as it starts the run's STEP-th step (0-based, counted over
-epochs), as a job killed there after rank 0 saved what it had done (the launcher then stops the others).
+`--exit-at STEP` makes rank 0 exit (code 3, at once) as it starts the last run's STEP-th step (0-based, counted
+over epochs), as a job killed there after rank 0 saved what it had done (the launcher then stops the others).
 """
 
 from __future__ import annotations
@@ -80,14 +80,14 @@ def _stall_at(rank: int, epoch: int) -> None:
     Strategy.step = stalling_step
 
 
-def _exit_at(step_index: int) -> None:
+def _exit_at(step_index: int) -> list[int]:
     """Every strategy's step and every training step counts (once, where one calls another's); rank 0 exits at
-    the `step_index`-th."""
-    started = [0, False]  # steps started, inside one
+    the `step_index`-th. Counting starts when the returned list's item is set to 0 (it starts at -1: not yet)."""
+    started = [-1, False]  # steps started (-1: not counting), inside one
 
     def counting(step):
         def counted_step(*args):
-            if started[1]:
+            if started[1] or started[0] < 0:
                 return step(*args)
             if started[0] == step_index and distributed.rank() == 0:
                 os._exit(3)
@@ -103,6 +103,7 @@ def _exit_at(step_index: int) -> None:
         if "step" in vars(cls):
             cls.step = counting(cls.step)
     train_module.augment = counting(train_module.augment)  # once per training step, as it starts
+    return started
 
 
 def _record(records: list[torch.Tensor], networks: list) -> None:
@@ -150,8 +151,7 @@ def run(argv: list[str]) -> int:
         _BatchNorm.forward = _fixed_statistics
     if args.stall:
         _stall_at(*args.stall)
-    if args.exit_at is not None:
-        _exit_at(args.exit_at)
+    exit_count = _exit_at(args.exit_at) if args.exit_at is not None else None
     records: list[torch.Tensor] = []
     networks: list = []
     _record(records, networks)
@@ -162,6 +162,8 @@ def run(argv: list[str]) -> int:
         rank = distributed.rank()
         for i, command in enumerate(groups[1:]):
             records.clear()
+            if exit_count is not None and i == len(groups) - 2:
+                exit_count[0] = 0
             code = main([*command, "--dist-timeout", str(args.timeout)]) or code
             final = {k: v.detach().clone() for k, v in networks[-1].state_dict().items()}
             out.mkdir(parents=True, exist_ok=True)
