@@ -73,7 +73,12 @@ class OpCost:
 
 
 def op_cost(op: OpConfig) -> OpCost:
-    """The analytic cost of `op`, for every op kind hwnas tables hold (mobile, Once-for-All, DARTS)."""
+    """The analytic cost of `op`, for every op kind hwnas tables hold (mobile, Once-for-All, DARTS), whose feature
+    maps are square (the spaces' inputs are; a key with H != W is refused, not costed as H x H)."""
+    for shape in (op.input_shape, op.output_shape):
+        if len(shape) == 3 and shape[0] != shape[1]:
+            h, w = shape[:2]
+            raise HwnasError(f"op key {op.key()!r}: the cost model takes square feature maps, got {h}x{w}")
     (h_in, _w, c_in), cost = op.input_shape, OpCost()
     cost.move(h_in * h_in * c_in)  # reading the input
     h_out = op.output_shape[0]

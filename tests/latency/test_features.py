@@ -35,6 +35,9 @@ def test_once_for_all_keys_and_matrix_shapes():
     assert terms.shape[0] == raw.shape[0] == 2
     with pytest.raises(HwnasError, match="no cost model"):
         op_cost(OpConfig.from_key("transformer-input:8x8x8-output:8x8x8"))
+    for key in ("Conv-input:224x160x3-output:112x80x32", "Conv_1-input:7x7x320-output:7x5x1280"):
+        with pytest.raises(HwnasError, match=r"takes square feature maps, got (224x160|7x5)$"):
+            op_cost(OpConfig.from_key(key))
 
 
 def test_dense_convs_are_matrix_multiplies_over_an_im2col_buffer():
