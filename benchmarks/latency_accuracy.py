@@ -17,7 +17,9 @@ needs many windows, 10 passes by default. Each is compared with
 (c) the predictor (hwnas.latency.predictor) trained on the table with that architecture's searched blocks'
     configurations held out, summed, with the same correction (the layers every architecture of the space
     shares, stem, first block, feature-mix conv and classifier, stay in: a table of the space always has them);
-    `predictor_strict` holds out every layer of the architecture, those shared ones included;
+    `predictor_strict` holds out every layer of the architecture, those shared ones included, but looks up
+    those of a layer type no other entry has (`predictor_strict_looked_up`: the stem, feature-mix conv and
+    classifier), which the predictor refuses to price;
 (d) the table's own network estimate, where `hwnas profile --calibrate` stored a correction in it (fitted on
     the networks `hwnas train` builds when the table was made: it carries that difference from (b) and the
     machine's drift since);
@@ -223,13 +225,22 @@ def scores(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     }
 
 
-def held_out_predictions(table: LatencyTable, layers, kept: frozenset[str] = frozenset()) -> dict[str, float]:
+def held_out_predictions(
+    table: LatencyTable, layers, kept: frozenset[str] = frozenset(), unpredictable: set[str] | None = None
+) -> dict[str, float]:
     """Per layer config of the network, the latency (ms) a predictor fitted on the table without those configs
-    predicts, but for the ones in `kept` (the layers every architecture shares), which it looks up."""
-    held = {op.key(): op for op in layers if op.key() not in kept}
-    train = [op for op in table.ops() if op.key() not in held]
+    predicts, but for the ones in `kept` (the layers every architecture shares) and those of a layer type no other
+    entry has (the stem, feature-mix and classifier: nothing to predict them from), which it looks up, adding
+    the latter to `unpredictable`."""
+    held = [op for op in layers if op.key() not in kept]
+    held_keys = {op.key() for op in held}
+    train = [op for op in table.ops() if op.key() not in held_keys]
     predictor = LatencyPredictor.fit(train, [table.lookup(op) for op in train])
-    predicted = dict(zip(held, predictor.predict(list(held.values())).tolist()))
+    priced = predictor.can_predict(held) if held else []
+    if unpredictable is not None:
+        unpredictable.update(op.key() for op, ok in zip(held, priced) if not ok)
+    held = [op for op, ok in zip(held, priced) if ok]
+    predicted = dict(zip((op.key() for op in held), predictor.predict(held).tolist()))
     return {op.key(): predicted[op.key()] if op.key() in predicted else table.lookup(op) for op in layers}
 
 
@@ -272,7 +283,10 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
     start = time.time()
     held_out = [held_out_predictions(table, ls, shared) for ls in layers[test]]
     predicted = np.array([network_sum(ls, p) for ls, p in zip(layers[test], held_out)])
-    strict = np.array([network_sum(ls, held_out_predictions(table, ls)) for ls in layers[test]])
+    unpredictable: set[str] = set()
+    strict = np.array(
+        [network_sum(ls, held_out_predictions(table, ls, unpredictable=unpredictable)) for ls in layers[test]]
+    )
     log.info("%s: %d held-out predictor fits in %.0f s", runtime, 2 * len(predicted), time.time() - start)
     raw, corrected, pred, pred_strict = (
         scores(x, measured[test]) for x in (sums[test], a * sums[test] + b, a * predicted + b, a * strict + b)
@@ -301,6 +315,7 @@ def analyse(runtime: str, table: LatencyTable, archs: list[list[str]], passes: l
         "within_5pct_predictor_strict": pred_strict["within_5pct"],
         "mape_predictor_strict": pred_strict["mape"],
         "rmse_predictor_strict_ms": pred_strict["rmse_ms"],
+        "predictor_strict_looked_up": sorted(unpredictable),  # held out, but of a layer type no other entry has
         "correction": {"a": a, "b_ms": b},
         # the correction stored in the table by `hwnas profile --calibrate` (its own architectures), if any
         "stored_correction": None

@@ -34,6 +34,21 @@ COST_TERMS = (
     "bytes",
     "layers",
 )
+# what each term costs, for a predictor's refusal to price a layer type its table never measured
+TERM_LAYERS = {
+    "dense_macs": "dense k×k convolution",
+    "gemm_macs": "1x1 or dense convolution",
+    "dw_macs_k3": "3x3 depthwise convolution",
+    "dw_macs_k5": "5x5 depthwise convolution",
+    "dw_macs_k7": "7x7 depthwise convolution",
+    "dwdil_macs_k3": "dilated 3x3 depthwise convolution",
+    "dwdil_macs_k5": "dilated 5x5 depthwise convolution",
+    "fc_macs": "fully connected layer",
+    "pool_elems": "pooling",
+    "elementwise": "elementwise op (ReLU, residual add)",
+    "gemm_bytes": "1x1 or dense convolution",
+    "dw_bytes": "depthwise convolution",
+}
 BYTES_PER_VALUE = 4  # float32
 
 

@@ -14,6 +14,10 @@ Two stages, fitted on a table's entries:
    (about 2x its per-MAC cost on every other shape on the Xeon VMs: benchmarks/litert_depthwise.py), which no
    cost term shared across shapes can.
 
+A layer type the table never measured (a cost term that is zero in every entry) gets no fitted cost at all, so an
+op that has one is refused, not priced as if that layer were free (a DARTS table has no 7x7 depthwise
+convolution; a table without its one classifier entry would price the classifier at 0 ms).
+
 A fitted predictor is saved beside its table (``<table>.predictor.pkl``) with a digest of the entries it saw.
 """
 
@@ -29,14 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.errors import HwnasError
-from hwnas.latency.features import COST_TERMS, cost_matrix
+from hwnas.latency.features import COST_TERMS, TERM_LAYERS, cost_matrix
 from hwnas.latency.table import LatencyTable
 from hwnas.ops.opconfig import OpConfig
 
 log = logging.getLogger(__name__)
 MIN_ENTRIES = 8
 MIN_LATENCY_MS = 1e-4  # floor for relative weights: ops that cost nothing (identity) would get infinite weight
-PREDICTOR_VERSION = (*COST_TERMS, "siblings")  # a saved predictor of another version is refitted
+PREDICTOR_VERSION = (*COST_TERMS, "siblings", "measured_terms")  # a saved predictor of another version is refitted
 SIBLING_PRIOR = 0.25  # the booster's residual counts as this many siblings (latency_accuracy.py; see the README)
 
 
@@ -46,6 +50,7 @@ class LatencyPredictor:
     def __init__(self, weights: np.ndarray, kinds: tuple[str, ...], booster):
         self.weights, self.kinds, self.booster = weights, kinds, booster
         self.siblings: dict[tuple, list[float]] = {}  # layer geometry -> its entries' log residuals
+        self.measured_terms = np.ones(len(COST_TERMS), dtype=bool)  # per cost term: some entry has it
 
     @classmethod
     def fit(cls, ops: list[OpConfig], latencies_ms, boost: bool = True) -> LatencyPredictor:
@@ -60,6 +65,7 @@ class LatencyPredictor:
         scale = 1.0 / np.maximum(y, MIN_LATENCY_MS)  # least squares on relative error
         linear = LinearRegression(positive=True, fit_intercept=False).fit(design * scale[:, None], y * scale)
         predictor = cls(linear.coef_, tuple(sorted({op.kind for op in ops})), None)
+        predictor.measured_terms = (terms > 0).any(axis=0)
         if boost:
             base = predictor._linear(terms)
             residual = np.log(np.maximum(y, MIN_LATENCY_MS) / np.maximum(base, MIN_LATENCY_MS))
@@ -88,6 +94,7 @@ class LatencyPredictor:
         if not ops:
             return np.zeros(0)
         terms, raw = cost_matrix(ops)
+        self._check_measured(ops, terms)
         latency = np.maximum(self._linear(terms), 0.0)
         if self.booster is not None:
             boosted = self.booster.predict(self._booster_features(ops, raw))
@@ -95,6 +102,23 @@ class LatencyPredictor:
             residual = [(sum(s) + SIBLING_PRIOR * b) / (len(s) + SIBLING_PRIOR) for s, b in zip(siblings, boosted)]
             latency = latency * np.exp(residual)
         return latency
+
+    def can_predict(self, ops: list[OpConfig]) -> np.ndarray:
+        """Per op, whether every layer type it has was measured in the table this predictor was fitted on."""
+        terms, _raw = cost_matrix(ops)
+        return ~self._unmeasured(terms).any(axis=1)
+
+    def _unmeasured(self, terms: np.ndarray) -> np.ndarray:
+        return (terms > 0) & ~self.measured_terms  # (ops, terms)
+
+    def _check_measured(self, ops: list[OpConfig], terms: np.ndarray) -> None:
+        unmeasured = self._unmeasured(terms)
+        if unmeasured.any():
+            i, t = np.argwhere(unmeasured)[0]
+            raise HwnasError(
+                f"cannot predict the latency of {ops[i].key()!r}: its table measured no "
+                f"{TERM_LAYERS[COST_TERMS[t]]} to learn that cost from"
+            )
 
     def predict_one(self, op: OpConfig) -> float:
         return float(self.predict([op])[0])

@@ -14,6 +14,7 @@ from hwnas.latency.catalogue import space_op_configs
 from hwnas.latency.table import LatencyTable, NetworkCorrection, TableEntry
 from hwnas.profilers import Measurement, Protocol
 from hwnas.profilers.protocol import cpu_signature
+from hwnas.spaces.darts import DartsGenotype
 from tests.latency.helpers import make_table, of_this_machine
 
 CORRECTION = NetworkCorrection(a=1.1, b_ms=0.2, architectures=3, fitted="2026-01-02", rmse_ms=0.1)
@@ -127,7 +128,7 @@ def test_predict_errors(user_tables, capsys):
     assert "unknown search space 'nasbench'; known: darts, mobile" in err[2]
 
 
-def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):
+def test_profile_calibrates_the_network_correction(cli, user_tables, capsys, tmp_path):
     args = ("profile", "--device", "cpu", *TINY, "--primitives", "skip_connect,sep_conv_5x5")  # sums far apart
     assert main([*args, "--rounds", "1", "--calibrate", "3"]) == 0  # ops, then 3 networks, in this process
     path = user_tables / "cpu_darts_8.json"
@@ -155,8 +156,16 @@ def test_profile_calibrates_the_network_correction(cli, user_tables, capsys):
     correction = refitted.metadata.network_correction
 
     capsys.readouterr()
-    assert main(["predict", "--table", str(path), "--genotype", "DARTS_V2", "--input-size", "8",
-                 "--init-channels", "4", "--layers", "3", "--json"]) == 0  # fmt: skip
+    network_args = ["--input-size", "8", "--init-channels", "4", "--layers", "3", "--json"]
+    assert main(["predict", "--table", str(path), "--genotype", "DARTS_V2", *network_args]) == 2
+    assert capsys.readouterr().err.strip() == (  # its sep_conv_3x3 and dil_conv_3x3: no 3x3 depthwise measured
+        "hwnas: error: cannot predict the latency of 'sep_conv_3x3-input:8x8x4-output:8x8x4-stride:1': "
+        "its table measured no 3x3 depthwise convolution to learn that cost from"
+    )
+    table_ops = [(op, node) for op in ("sep_conv_5x5", "skip_connect") for node in (0, 1)]
+    genotype = tmp_path / "genotype.json"
+    DartsGenotype(table_ops * 2, (2, 3, 4, 5), table_ops * 2, (2, 3, 4, 5)).save(genotype)
+    assert main(["predict", "--table", str(path), "--genotype", str(genotype), *network_args]) == 0
     network = json.loads(capsys.readouterr().out)
     assert network["latency_ms"] == pytest.approx(correction.a * network["sum_ms"] + correction.b_ms)
     assert network["sum_ms"] == pytest.approx(sum(row["latency_ms"] for row in network["layers"]))

@@ -96,3 +96,26 @@ def test_too_few_entries():
     ops = LatencyTable.load(SHIPPED / "mobile_mobile_224.json").ops()[:3]
     with pytest.raises(HwnasError, match="at least 8 measured ops"):
         LatencyPredictor.fit(ops, [1.0, 2.0, 3.0])
+
+
+def test_a_layer_type_the_table_never_measured_is_refused_not_priced_free():
+    """Fitted without the one classifier entry, the classifier's terms (fully connected MACs, pooling) have no
+    fitted cost: the predictor priced it at 0 ms. A DARTS table has no 7x7 depthwise: it priced mobile's k7
+    blocks below its k5 ones."""
+    table = LatencyTable.load(SHIPPED / "tflite_mobile_224_epyc.json")
+    logits = next(op for op in table.ops() if op.kind == "Logits")
+    train = [op for op in table.ops() if op.kind != "Logits"]
+    predictor = LatencyPredictor.fit(train, [table.lookup(op) for op in train])
+    block = train[-1]
+    assert predictor.can_predict([block, logits]).tolist() == [True, False]
+    with pytest.raises(HwnasError, match=r"Logits-input:7x7x1280-output:1000'.* no fully connected layer"):
+        predictor.predict([block, logits])
+    darts = LatencyTable.load(SHIPPED / "onnxruntime_darts_32_epyc.json")
+    k5, k7 = (
+        OpConfig.from_key(f"expanded_conv-input:28x28x40-output:14x14x80-expand:3-kernel:{k}-stride:2-idskip:0")
+        for k in (5, 7)
+    )
+    darts_predictor = LatencyPredictor.fit_table(darts)
+    assert darts_predictor.can_predict([k5, k7]).tolist() == [True, False]
+    with pytest.raises(HwnasError, match="no 7x7 depthwise convolution"):
+        darts_predictor.predict_one(k7)

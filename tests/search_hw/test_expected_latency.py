@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hwnas.config import SearchConfig
+from hwnas.errors import HwnasError
 from hwnas.latency.catalogue import mobile_network_op_configs
 from hwnas.latency.expected import LatencyModel
 from hwnas.latency.loss import LatencyObjective
@@ -127,13 +128,19 @@ def test_darts_cell_expected_latency_gradient_by_finite_differences():
 
 
 def test_missing_keys_are_predicted(synthetic_table):
-    """A table lacking some of the space's configurations: the predictor fills them in, and the model names them."""
-    dropped = sorted(synthetic_table.entries)[::9]
-    kept = {k: e for k, e in synthetic_table.entries.items() if k not in dropped}
-    partial = type(synthetic_table)(synthetic_table.metadata, kept, synthetic_table.path.with_name("partial.json"))
-    model = _mobile(partial)[3]
+    """A table lacking some of the space's configurations: the predictor fills them in, and the model names them;
+    lacking its one stem convolution, there is no dense convolution to learn that cost from: a clear error."""
+
+    def without(dropped):
+        kept = {k: e for k, e in synthetic_table.entries.items() if k not in dropped}
+        return type(synthetic_table)(synthetic_table.metadata, kept, synthetic_table.path.with_name("partial.json"))
+
+    dropped = sorted(k for k in synthetic_table.entries if k.startswith("expanded_conv"))[::9]
+    model = _mobile(without(dropped))[3]
     assert model.predicted_keys == dropped
     assert torch.isfinite(model.edge_ms).all() and (model.edge_ms >= 0).all()
+    with pytest.raises(HwnasError, match=r"'Conv-input:32x32x3-output:16x16x16': .* no dense k×k convolution"):
+        _mobile(without([k for k in synthetic_table.entries if k.startswith("Conv-")]))
 
 
 def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
