@@ -112,6 +112,18 @@ def width_mult_check(width_mult: float) -> tuple[bool, str]:
             f"width multiplier must lie in (0, {MAX_WIDTH_MULT:g}], got {width_mult}")  # fmt: skip
 
 
+# the flags/fields that shape a network of each space (its genotype gives the rest; a mobile network's width
+# lives in its genotype, which the width flag rewrites)
+SHAPE_FIELDS = {"darts": ("init_channels", "layers", "stem"), "mobile": ("width_mult",)}
+
+
+def shape_fields_check(space: str, given) -> tuple[bool, str]:
+    """Whether every field in `given` shapes a network of `space` (a flag of another space's shape is an error)."""
+    foreign = sorted(k for k in given if k not in SHAPE_FIELDS.get(space, ()))
+    flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+    return not foreign, f"{flags} do(es) not shape a network of space {space!r}"
+
+
 def checkpoint_minutes_check(minutes: float) -> tuple[bool, str]:
     return non_negative(minutes), f"checkpoint minutes must be >= 0, got {minutes}"
 

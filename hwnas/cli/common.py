@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwnas.config import positive
 from hwnas.errors import HwnasError
 
 DATA_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "image_size": "image_size",
@@ -30,8 +31,8 @@ def parse_latency_ms(text: str) -> float:
     if not match:
         raise HwnasError(f"malformed latency {text!r}: use e.g. 80ms, 80, 0.08s or 1500us")
     value = float(match.group(1)) * {"ms": 1.0, None: 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}[match.group(2)]
-    if value <= 0:
-        raise HwnasError(f"latency budget must be positive, got {text!r}")
+    if not positive(value):  # 1e999ms is infinite: no budget, and "Infinity" in config.json is not JSON
+        raise HwnasError(f"latency budget must be positive and finite, got {text!r}")
     return value
 
 

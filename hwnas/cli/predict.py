@@ -5,12 +5,16 @@ correction a · sum + b of the table for the network's space and input size, whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
-from hwnas.config import STEMS, SearchConfig, TrainConfig
+from hwnas.cli.common import explicit
+from hwnas.config import SHAPE_FIELDS, STEMS, SearchConfig, TrainConfig, check_all, shape_fields_check
 from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
+
+ALL_SHAPE_FIELDS = sorted({f for fields in SHAPE_FIELDS.values() for f in fields})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--genotype", help="estimate this whole network (genotype file or published name; mobile: its own width)"
     )
     parser.add_argument("--input-size", type=int, help="for --space, --genotype (default: 224 mobile, 32 darts)")
-    parser.add_argument("--width-mult", type=float, default=search.width_mult)
+    parser.add_argument("--width-mult", type=float, help=f"mobile: width multiplier (default: --space "
+                        f"{search.width_mult}; --genotype its own)")  # fmt: skip
     parser.add_argument("--init-channels", type=int, help=f"DARTS: channels of the first cells (default: "
                         f"--space {search.init_channels}, as searched; --genotype {train.init_channels}, as "
                         "trained)")  # fmt: skip
     parser.add_argument("--layers", type=int, help=f"DARTS: cells (default: --space {search.layers}, as searched; "
                         f"--genotype {train.layers}, as trained)")  # fmt: skip
-    parser.add_argument("--stem", choices=STEMS, default=search.stem, help="DARTS: cifar (default) or imagenet")
+    parser.add_argument("--stem", choices=STEMS, help=f"DARTS: cifar or imagenet (default {search.stem})")
     parser.add_argument("--missing-only", action="store_true", help="list only what the table lacks")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -40,14 +45,15 @@ def _tables(spec: str, space: str | None):
     from hwnas.latency.targets import list_tables, taken_by_target
 
     if spec.endswith(".json") or os.sep in spec:
-        return [LatencyTable.load(spec)]
+        return [LatencyTable.load(spec, space)]  # of `space` where one is estimated, at any input size
     infos = [info for info in list_tables() if info.name == spec]
     tables = [info.table for info, taken in zip(infos, taken_by_target(infos)) if taken]
-    if space is not None and any(t.metadata.space == space for t in tables):
-        tables = [t for t in tables if t.metadata.space == space]
     if not tables:
         raise HwnasError(f"no latency table for target {spec!r} (see `hwnas targets`)")
-    return tables
+    if space is not None and not any(t.metadata.space == space for t in tables):
+        spaces = ", ".join(sorted({t.metadata.space for t in tables}))
+        raise HwnasError(f"target {spec!r} has no table for space {space!r} (only {spaces})")
+    return tables if space is None else [t for t in tables if t.metadata.space == space]
 
 
 def _input_size(args, space: str) -> int:
@@ -64,10 +70,10 @@ def _input_size(args, space: str) -> int:
 def _shape(args, space: str, input_size: int, defaults: SearchConfig | TrainConfig) -> SearchConfig:
     """The network shape: the flags given, else `defaults`' (the search's for a space, the training's for a
     genotype, so that `predict --genotype` estimates the network `train` and `export` build)."""
-    init_channels = args.init_channels if args.init_channels is not None else defaults.init_channels
-    layers = args.layers if args.layers is not None else defaults.layers
-    cfg = SearchConfig(space=space, width_mult=args.width_mult, init_channels=init_channels, layers=layers,
-                       stem=args.stem, latency_input_size=input_size)  # fmt: skip
+    given = explicit(args, ALL_SHAPE_FIELDS)
+    check_all([shape_fields_check(space, given)])
+    cfg = SearchConfig(space=space, init_channels=defaults.init_channels, layers=defaults.layers, stem=defaults.stem,
+                       latency_input_size=input_size).replace(**given)  # fmt: skip
     cfg.validate()
     return cfg
 
@@ -82,6 +88,8 @@ def _network(args) -> int:
     genotype = load_genotype(args.genotype)
     size = _input_size(args, genotype.space)
     shape = _shape(args, genotype.space, size, TrainConfig())
+    if args.width_mult is not None:  # a mobile network's width lives in its genotype
+        genotype = dataclasses.replace(genotype, width_mult=shape.width_mult)
     layers = get_space(genotype.space).network_op_configs(genotype, shape, size)
     tables = _tables(args.table, genotype.space)
     exact = next((t for t in tables if (t.metadata.space, t.metadata.input_size) == (genotype.space, size)), None)

@@ -15,7 +15,7 @@ from hwnas.latency.table import LatencyTable, NetworkCorrection, TableEntry
 from hwnas.profilers import Measurement, Protocol
 from hwnas.profilers.protocol import cpu_signature
 from hwnas.spaces.darts import DartsGenotype
-from tests.latency.helpers import make_table, of_this_machine
+from tests.latency.helpers import SHIPPED, make_table, of_this_machine
 
 CORRECTION = NetworkCorrection(a=1.1, b_ms=0.2, architectures=3, fitted="2026-01-02", rmse_ms=0.1)
 TINY = "--space darts --input-size 8 --init-channels 4 --layers 3 --runs 3 --warmup 1".split()
@@ -116,6 +116,32 @@ def test_predict_genotype_estimates_the_network_train_builds(user_tables, capsys
     assert len(trained) == 2 + 8 * 8 and trained[0] == "Conv-input:32x32x3-output:32x32x48"
     searched = layers("--init-channels", "8", "--layers", "5")
     assert len(searched) == 2 + 5 * 8 and searched[0] == "Conv-input:32x32x3-output:32x32x24"
+
+
+def test_predict_genotype_takes_the_shape_flags_of_its_space_only(user_tables, capsys):
+    def stem(genotype, *flags):
+        assert main(["predict", "--table", "mobile", "--genotype", genotype, "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out)["layers"][0]["key"]
+
+    assert stem("PROXYLESS_MOBILE") == "Conv-input:224x224x3-output:112x112x32"
+    assert stem("PROXYLESS_MOBILE", "--width-mult", "0.5") == "Conv-input:224x224x3-output:112x112x16"
+    for genotype, flag, value, space in (("PROXYLESS_MOBILE", "--layers", "3", "mobile"),
+                                         ("PROXYLESS_MOBILE", "--stem", "imagenet", "mobile"),
+                                         ("DARTS_V2", "--width-mult", "0.5", "darts")):  # fmt: skip
+        assert main(["predict", "--table", "cpu", "--genotype", genotype, flag, value]) == 2
+        assert capsys.readouterr().err.strip() == f"hwnas: error: {flag} do(es) not shape a network of space '{space}'"
+
+
+def test_predict_refuses_tables_of_another_space(user_tables, capsys):
+    """The Pixel 1 table holds MBConv blocks: it does not price a DARTS network (its predictor would)."""
+    assert main(["predict", "--table", "mobile", "--genotype", "DARTS_V2"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "hwnas: error: target 'mobile' has no table for space 'darts' (only mobile)"
+    )
+    shipped = str(SHIPPED / "mobile_mobile_224.json")
+    assert main(["predict", "--table", shipped, "--space", "darts"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hwnas: error: latency table ") and "darts" in err and len(err.splitlines()) == 1
 
 
 def test_predict_errors(user_tables, capsys):
