@@ -285,7 +285,7 @@ class SearchConfig(JsonConfig):
             stem_channels_check(self.stem, self.init_channels) if self.space == "darts" else (True, ""),
             (self.tau_max >= self.tau_min > 0, "GDAS temperatures need tau_max >= tau_min > 0"),
             ((self.target is None) == (self.latency_ms is None), "--target and --latency go together"),
-            (self.latency_ms is None or self.latency_ms > 0, "the latency budget must be positive"),
+            (self.latency_ms is None or positive(self.latency_ms), "the latency budget must be positive and finite"),
             (self.latency_loss in LATENCY_LOSSES,
              f"latency loss must be one of {', '.join(LATENCY_LOSSES)}, got {self.latency_loss!r}"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),

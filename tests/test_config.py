@@ -73,6 +73,7 @@ def test_a_json_list_is_not_a_config():
         ({"stem_multiplier": 0}, "stem multiplier must be >= 1, got 0"),
         ({"target": "mobile"}, "--target and --latency go together"),
         ({"latency_ms": 80.0}, "--target and --latency go together"),
+        ({"target": "mobile", "latency_ms": math.inf}, "the latency budget must be positive and finite"),
         ({"target": "mobile", "latency_ms": 80.0, "latency_loss": "quadratic"},
          "latency loss must be one of target, additive, multiplicative, got 'quadratic'"),
         ({"stem": "imagenet", "init_channels": 5}, "init channels must be even with the imagenet stem, got 5"),
