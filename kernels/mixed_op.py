@@ -3,8 +3,10 @@
 The naive supernet keeps every candidate's activations for backward. Here the forward runs the candidates one
 at a time under no_grad, accumulating w_k · o_k(x) into one buffer, and saves only x (and the op parameters).
 The backward recomputes one candidate at a time with grad enabled, as torch.utils.checkpoint does (same
-RNG stream, BatchNorm running statistics untouched), takes ∂L/∂w_k = ⟨g, o_k(x)⟩ and backpropagates w_k · g
-through o_k. Peak memory holds one candidate's activations instead of N.
+RNG stream, autocast's types, BatchNorm running statistics untouched), takes ∂L/∂w_k = ⟨g, o_k(x)⟩ and
+backpropagates w_k · g through o_k. Peak memory holds one candidate's activations instead of N. The recomputation
+keeps no graph of its own gradients, so a double backward (create_graph, an exact Hessian-vector product) is
+refused.
 
 The parameter-free candidates (identity, average and max pooling) are not recomputed: their backward has a
 closed form (closed_form.py) that also gives their weight gradient without their output.
@@ -22,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch._prims_common import suggest_memory_format
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from hwnas.supernet.mixed import weighted_sum_reference
@@ -226,6 +227,11 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=suggest_memory_format(x))
 
 
+def _as(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """g in the type of `like` (under autocast, the candidates' outputs differ in type from the sum's)."""
+    return g if g.dtype == like.dtype else g.to(like.dtype)
+
+
 class FusedMixedOp(torch.autograd.Function):
     """Σ_k w_k o_k(x), saving x (as given: a channel slice stays a view of its node), the live ops' parameters
     and the max pools' window positions. Inputs: x, weights, plan, *live op params."""
@@ -234,6 +240,8 @@ class FusedMixedOp(torch.autograd.Function):
     def forward(ctx, x, weights, plan: _Plan, *params):
         ctx.plan, ctx.weights_dtype, ctx.n_params = plan, weights.dtype, len(params)
         ctx.rng = _rng_state(x.device)
+        device = x.device.type  # the recomputation replays autocast's choice of types, as torch.utils.checkpoint
+        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         x_dense = _dense(x)
         out, extras = None, []  # per closed-form candidate, in live order: what its backward needs (or None)
         for k in plan.live:
@@ -242,14 +250,20 @@ class FusedMixedOp(torch.autograd.Function):
                 extras.append(extra)
             else:
                 y = plan.ops[k](x_dense)
+            if out is not None and out.dtype != y.dtype:  # under autocast: the sum takes the widest, as Σ w_k·o_k(x)
+                out = out.to(torch.promote_types(out.dtype, y.dtype))
             out = weighted_accumulate(out, y, plan.w[k])
         ctx.save_for_backward(x, *params, *extras)
         ctx.out_format = suggest_memory_format(out)  # the candidates' outputs' layout, which g is read alike in
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g):
+        if torch.is_grad_enabled():  # create_graph=True: the recomputation below keeps no graph to differentiate
+            raise RuntimeError(
+                "the fused mixed op has no double backward (create_graph=True); use the unfused op for exact "
+                "Hessian-vector products (DARTS second order takes finite differences, Eq. 8, and needs none)"
+            )
         plan: _Plan = ctx.plan
         x, *saved = ctx.saved_tensors
         x = _dense(x)
@@ -263,7 +277,11 @@ class FusedMixedOp(torch.autograd.Function):
         grad_w = torch.zeros(len(plan.w), dtype=ctx.weights_dtype, device=g.device) if need_w else None
         cpu_state, device_state = ctx.rng
         devices = [] if device_state is None else [x.device]
-        with torch.random.fork_rng(devices=devices, device_type=x.device.type):
+        autocast_enabled, autocast_dtype = ctx.autocast
+        with (
+            torch.random.fork_rng(devices=devices, device_type=x.device.type),
+            torch.autocast(x.device.type, autocast_dtype, enabled=autocast_enabled),
+        ):
             torch.set_rng_state(cpu_state)
             if device_state is not None:
                 torch.get_device_module(x.device.type).set_rng_state(device_state, x.device)
@@ -271,7 +289,7 @@ class FusedMixedOp(torch.autograd.Function):
             for k in plan.live:  # forward order, so random ops replay the same draws
                 if k in plan.closed:
                     if need_x or need_w:
-                        vjp = plan.closed[k].vjp(plan.ops[k], g, x, extras[k])  # Jᵀg
+                        vjp = plan.closed[k].vjp(plan.ops[k], _as(g, x), x, extras[k])  # Jᵀg
                         if need_w:
                             grad_w[k] = dot(vjp, x)  # ⟨g, J·x⟩
                         if need_x:
@@ -288,11 +306,12 @@ class FusedMixedOp(torch.autograd.Function):
                     leaves = [p.detach().requires_grad_(n) for p, n in zip(params[start : start + len(names)], needs)]
                     with torch.enable_grad():
                         y = plan.run(k, x_in, dict(zip(names, leaves)))
+                g_k = _as(g, y)  # the sum's backward hands each term g in its type
                 if need_w:
-                    grad_w[k] = dot(g, y)
+                    grad_w[k] = dot(g_k, y)
                 targets = ([x_in] if need_x else []) + [p for p in leaves if p.requires_grad]
                 if targets and y.requires_grad:
-                    grads = list(torch.autograd.grad(y, targets, g, allow_unused=True))
+                    grads = list(torch.autograd.grad(y, targets, g_k, allow_unused=True))
                     gx = grads.pop(0) if need_x else None
                     if gx is not None:
                         grad_x = weighted_accumulate(grad_x, gx, plan.w[k])
@@ -303,7 +322,8 @@ class FusedMixedOp(torch.autograd.Function):
             if need_w:  # zero-weight candidates: not run in forward, but ∂L/∂w_k = ⟨g, o_k(x)⟩ all the same
                 for k in (k for k in plan.active if k not in plan.live):
                     with torch.no_grad():
-                        grad_w[k] = dot(g, plan.run(k, x, plan.params[k]))
+                        y = plan.run(k, x, plan.params[k])
+                        grad_w[k] = dot(_as(g, y), y)
         return grad_x, grad_w, None, *param_grads
 
 

@@ -293,3 +293,37 @@ def test_accumulate_keeps_a_float64_weight(kernels):
     y = torch.ones(3, dtype=torch.float64, device=kernels.device)
     assert (weighted_accumulate(None, y, 0.1) - 0.1).abs().max() < 1e-15
     assert (weighted_accumulate(torch.ones_like(y), y, 0.1) - 1.1).abs().max() < 1e-15
+
+
+def test_autocast_replayed_in_the_recomputation():
+    """Under bf16 autocast (a mixed-precision search), the fused op recomputes its candidates in the types their
+    forward ran in: its output and every gradient are as close to an fp32 run as the unfused op's are."""
+    ops, x, weights = make_ops(5, 1), torch.randn(2, 5, 7, 7), row_weights(8)
+
+    def under_autocast(fn):
+        def autocast_fn(*args):
+            with torch.autocast("cpu", torch.bfloat16):
+                return fn(*args)
+
+        return autocast_fn
+
+    exact = run(weighted_sum_reference, copy.deepcopy(ops), x, weights, ALL)
+    unfused = run(under_autocast(weighted_sum_reference), copy.deepcopy(ops), x, weights, ALL)
+    fused = run(under_autocast(fused_mixed_op), copy.deepcopy(ops), x, weights, ALL)
+    assert fused[0].dtype == unfused[0].dtype
+
+    def close_as_unfused(e, u, f):  # bf16 keeps ~3 digits: errors differ by the order of rounding, not more
+        unfused_error, fused_error = (float((t.float() - e).abs().max()) for t in (u, f))
+        return fused_error <= 3 * unfused_error + 1e-2 * float(e.abs().max())
+
+    assert all(close_as_unfused(e, u, f) for e, u, f in zip(exact[:3], unfused[:3], fused[:3]))
+    assert all(close_as_unfused(e, u, f) for e, u, f in zip(exact[3], unfused[3], fused[3]))
+
+
+def test_double_backward_is_refused():
+    """The recomputation keeps no graph of its own gradients: create_graph gets a clear error, not silently none."""
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    weights = row_weights(8).requires_grad_()
+    y = fused_mixed_op(x, weights, make_ops(4, 1), ALL)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)
