@@ -117,6 +117,16 @@ def width_mult_check(width_mult: float) -> tuple[bool, str]:
 SHAPE_FIELDS = {"darts": ("init_channels", "layers", "stem"), "mobile": ("width_mult",)}
 
 
+def darts_shape_checks(init_channels: int, layers: int, stem: str) -> list[tuple[bool, str]]:
+    """A DARTS network's shape: what builds (channels, cells, stem), wherever the shape came from."""
+    return [
+        (init_channels >= 2, f"init channels must be >= 2, got {init_channels}"),
+        (layers >= 1, f"layers must be >= 1, got {layers}"),
+        stem_check(stem),
+        stem_channels_check(stem, init_channels),
+    ]
+
+
 def shape_fields_check(space: str, given) -> tuple[bool, str]:
     """Whether every field in `given` shapes a network of `space` (a flag of another space's shape is an error)."""
     foreign = sorted(k for k in given if k not in SHAPE_FIELDS.get(space, ()))
@@ -360,10 +370,7 @@ class TrainConfig(JsonConfig):
         check_all([
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.init_channels >= 2, f"init channels must be >= 2, got {self.init_channels}"),
-            (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
-            stem_check(self.stem),
-            stem_channels_check(self.stem, self.init_channels),
+            *darts_shape_checks(self.init_channels, self.layers, self.stem),
             (0.0 <= self.drop_path_prob < 1.0, f"drop path probability must lie in [0, 1), got {self.drop_path_prob}"),
             (self.grad_clip is None or self.grad_clip >= 0, f"grad clip must be >= 0, got {self.grad_clip}"),
             width_mult_check(self.width_mult) if self.width_mult is not None else (True, ""),

@@ -21,12 +21,19 @@ import torch
 from torch import nn
 
 from hwnas.complexity import AUXILIARY_PREFIX  # training-only head: never part of an exported network
-from hwnas.config import DataConfig, SearchConfig, TrainConfig, check_all, stem_check
+from hwnas.config import (
+    DataConfig,
+    SearchConfig,
+    TrainConfig,
+    check_all,
+    darts_shape_checks,
+    shape_fields_check,
+    width_mult_check,
+)
 from hwnas.errors import HwnasError, first_line_error
 from hwnas.spaces import Genotype, get_space, load_genotype
 
 log = logging.getLogger(__name__)
-SHAPE_FLAGS = {"darts": ("init_channels", "layers", "stem"), "mobile": ("width_mult",)}
 
 
 @dataclass(frozen=True)
@@ -172,20 +179,21 @@ def resolve_spec(
 def _apply_shape(genotype: Genotype, cfg: TrainConfig, shape: dict[str, Any]) -> tuple[Genotype, TrainConfig]:
     """Network-shape flags; a flag of another space's shape is an error. A mobile network's width lives in its
     genotype, so --width-mult rewrites the genotype."""
-    allowed = SHAPE_FLAGS.get(genotype.space, ())
-    foreign = sorted(k for k in shape if k not in allowed)
-    if foreign:
-        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        raise HwnasError(f"{flags} do(es) not shape a network of space {genotype.space!r}")
+    check_all([shape_fields_check(genotype.space, shape)])
     if "width_mult" in shape:
-        if shape["width_mult"] <= 0:
-            raise HwnasError(f"width multiplier must be positive, got {shape['width_mult']}")
         genotype = dataclasses.replace(genotype, width_mult=float(shape["width_mult"]))
-    for name in ("init_channels", "layers"):
-        if name in shape and shape[name] < 1:
-            raise HwnasError(f"{name.replace('_', ' ')} must be >= 1, got {shape[name]}")
-    check_all([stem_check(shape.get("stem", "cifar"))])
-    return genotype, cfg.replace(**shape)
+    cfg = cfg.replace(**shape)
+    _check_shape(genotype, cfg)
+    return genotype, cfg
+
+
+def _check_shape(genotype: Genotype, cfg: TrainConfig) -> None:
+    """The network-shape checks of `TrainConfig.validate`, on the shape the flags, a weights record or a run's
+    (possibly hand-edited) config.json left: any of them can give a network that does not build or has no cells."""
+    if genotype.space == "mobile":
+        check_all([width_mult_check(genotype.width_mult)])
+        return
+    check_all(darts_shape_checks(cfg.init_channels, cfg.layers, cfg.stem))
 
 
 def build_network(spec: NetworkSpec) -> nn.Module:

@@ -1,9 +1,9 @@
 """`export_network`: convert a network to each requested format, check each file against PyTorch, time it on
 its host runtime beside the lookup table's prediction, and write `export_report.json`.
 
-Everything is written into a temporary directory beside the output directory and moved into place only when
-every file has passed, so a failure (bad input, unsupported op, missing converter, a numerical mismatch)
-leaves nothing behind.
+Everything is written into a temporary directory on the output directory's filesystem (beside it, or inside it
+when it exists) and moved into place only when every file has passed, so a failure (bad input, unsupported op,
+missing converter, a numerical mismatch) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from torch import nn
 from hwnas.complexity import count_macs, count_parameters
 from hwnas.errors import HwnasError
 from hwnas.export.build import NetworkSpec, build_network, dataset_splits
-from hwnas.export.predict import predicted_latency_ms
+from hwnas.export.predict import predicted_latency
 from hwnas.export.report import (
-    FLOAT_TOLERANCE,
     REPORT_NAME,
     ExportRow,
+    check_informative,
+    error_bound,
     max_abs_error,
-    output_scale,
+    output_spread,
     top1_agreement,
 )
 from hwnas.export.runner import ExportedModel
@@ -117,7 +118,12 @@ class Checks:
         self.params, self.macs = count_parameters(module), count_macs(module, shape)
         generator = torch.Generator().manual_seed(CHECK_SEED)
         self.random = torch.randn(CHECK_SAMPLES, *shape, generator=generator).numpy()
-        self.random_ref = _forward(module, self.random)
+        self.random_ref = _finite(_forward(module, self.random), module)
+        self.bound, self.informative = error_bound(self.random_ref), check_informative(self.random_ref)
+        if not self.informative:
+            log.warning("the network's outputs vary across the check inputs by only %.3g (error bound %.3g): the "
+                        "numerical check cannot tell an export that ignores its input from a good one (random or "
+                        "barely trained weights?)", output_spread(self.random_ref), self.bound)  # fmt: skip
         self.test, self.test_ref, self.calibration = None, None, []
         splits = dataset_splits(spec.cfg.data) if use_dataset else None
         fits = splits is not None and tuple(splits.test[0][0].shape) == shape
@@ -133,7 +139,7 @@ class Checks:
         if not fits:
             return
         self.test = _inputs(splits.test, options.test_samples, shuffle=False)
-        self.test_ref = _forward(module, self.test)
+        self.test_ref = _finite(_forward(module, self.test), module)
         if options.quantize == "int8":
             n = options.calibration_batches * CALIBRATION_BATCH
             self.calibration = list(_inputs(splits.train, n, shuffle=True, seed=spec.cfg.seed)[:, None])
@@ -145,6 +151,16 @@ class Checks:
 def _forward(module: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([module(torch.from_numpy(b)) for b in np.array_split(x, max(1, len(x) // 256))]).numpy()
+
+
+def _finite(outputs: np.ndarray, module: nn.Module) -> np.ndarray:
+    """`outputs`, unless PyTorch's outputs hold NaN or infinity: nothing to check an export against."""
+    if np.all(np.isfinite(outputs)):
+        return outputs
+    bad = next((name for name, t in module.state_dict().items() if t.is_floating_point() and not t.isfinite().all()),
+               None)  # fmt: skip
+    cause = f"its weights hold NaN or infinity (first {bad})" if bad else "they overflow"
+    raise HwnasError(f"the network's PyTorch outputs are not finite: {cause}")
 
 
 def _inputs(dataset, limit: int | None, shuffle: bool, seed: int = 0) -> np.ndarray:
@@ -170,7 +186,9 @@ def export_network(spec: NetworkSpec, options: ExportOptions) -> list[ExportRow]
     exported = NhwcInput(module).eval() if options.layout == "nhwc" else module
     out = options.out
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"  # same filesystem: moves are renames
+    # on the final files' filesystem, so that publishing is renames: inside an existing --out, which may be a
+    # symlink to or a mount of another filesystem than its parent's; else beside it, where it is renamed to --out
+    tmp = (out if out.exists() else out.parent) / f".{out.name}.{secrets.token_hex(4)}.tmp"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -186,7 +204,10 @@ def export_network(spec: NetworkSpec, options: ExportOptions) -> list[ExportRow]
             rows.append(_export_tflite(exported, spec, options, checks, tmp))
         report = _earlier_rows(out, {row.file for row in rows}) + [row.to_json() for row in rows]
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        _publish(tmp, out)
+        try:
+            _publish(tmp, out)
+        except OSError as err:
+            raise HwnasError(f"cannot move the export into {out}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for path in created:  # innermost first: the directories made for --out's parent
@@ -261,9 +282,10 @@ def _export_tflite(module, spec, options, checks, tmp: Path) -> ExportRow:
 def _row(fmt, name, size, converter, model: ExportedModel, spec, options, checks: Checks) -> ExportRow:
     quantized = fmt == "tflite" and options.quantize is not None
     error = max_abs_error(checks.random_ref, model(checks.to_layout(checks.random)))
-    bound = FLOAT_TOLERANCE * output_scale(checks.random_ref)
-    if not quantized and error > bound:
-        raise HwnasError(f"the {fmt} model's outputs differ from PyTorch's by {error:.3g} (bound {bound:.3g})")
+    if not np.isfinite(error):  # PyTorch's are finite (`_finite`); NaN passes `error > bound`, and quantised too
+        raise HwnasError(f"the {fmt} model's outputs hold NaN or infinity where PyTorch's are finite")
+    if not quantized and error > checks.bound:
+        raise HwnasError(f"the {fmt} model's outputs differ from PyTorch's by {error:.3g} (bound {checks.bound:.3g})")
     top1 = None
     if checks.test is not None:
         top1 = top1_agreement(checks.test_ref, model(checks.to_layout(checks.test)))
@@ -271,9 +293,12 @@ def _row(fmt, name, size, converter, model: ExportedModel, spec, options, checks
             log.warning("%s agrees with PyTorch on the top-1 class of only %.1f%% of the test split", name,
                         100 * top1)  # fmt: skip
     measured = model.measure(checks.to_layout(checks.random[:1]), options.protocol).median_ms
-    predicted = None if quantized else predicted_latency_ms(fmt, spec, options.threads)
+    prediction = None if quantized else predicted_latency(fmt, spec, options.threads)
+    predicted, table, device = (
+        (None, None, None) if prediction is None else (prediction.latency_ms, prediction.table, prediction.device)
+    )
     shape = [d if isinstance(d, int) else "batch" for d in model.input_shape]
     log.info("%s: max |error| %.3g, top-1 agreement %s, %.3f ms measured, %s predicted", name, error, top1,
              measured, f"{predicted:.3f} ms" if predicted is not None else "none")  # fmt: skip
-    return ExportRow(fmt, name, size, converter, shape, options.layout.upper(), error, top1, measured, predicted,
-                     checks.params, checks.macs)  # fmt: skip
+    return ExportRow(fmt, name, size, converter, shape, options.layout.upper(), error, checks.informative, top1,
+                     measured, predicted, table, device, checks.params, checks.macs)  # fmt: skip

@@ -6,6 +6,7 @@ space's `network_op_configs`."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from hwnas.errors import HwnasError
 from hwnas.export.build import NetworkSpec
@@ -16,17 +17,26 @@ log = logging.getLogger(__name__)
 TARGETS = {"onnx": "onnxruntime", "tflite": "tflite"}  # export format -> the table target of its runtime
 
 
+@dataclass(frozen=True)
+class Prediction:
+    latency_ms: float
+    table: str  # the table's file
+    device: str  # what the table was measured on (its metadata.device)
+
+
 def network_op_configs(spec: NetworkSpec) -> list[OpConfig]:
     return get_space(spec.space).network_op_configs(
         spec.genotype, spec.cfg, spec.input_size, spec.in_channels, spec.num_classes
     )
 
 
-def predicted_latency_ms(fmt: str, spec: NetworkSpec, threads: int) -> float | None:
-    """The table prediction for `spec` exported to `fmt` (float32, batch 1, `threads` threads), or None when
-    the runtime has no table for the space at this input size and thread count."""
+def predicted_latency(fmt: str, spec: NetworkSpec, threads: int) -> Prediction | None:
+    """The table prediction for `spec` exported to `fmt` (float32, batch 1, `threads` threads) and the table it
+    came from, or None when the runtime has no table for the space at this input size and thread count. A table
+    measured on another machine is taken (none may exist for this one), with a warning."""
     from hwnas.latency.predictor import estimate_network
-    from hwnas.latency.targets import resolve_target
+    from hwnas.latency.targets import machine_match, profile_command, resolve_target, this_machine
+    from hwnas.profilers.protocol import cpu_signature
 
     target = TARGETS[fmt]
     try:
@@ -48,4 +58,10 @@ def predicted_latency_ms(fmt: str, spec: NetworkSpec, threads: int) -> float | N
                  len(network.rows), table.path)  # fmt: skip
     if table.metadata.network_correction is None:
         log.info("%s has no network correction (hwnas profile --calibrate): predicting the plain sum", table.path)
-    return network.latency_ms
+    meta = table.metadata
+    if machine_match(table) == 0:  # as a search warns: a VM's CPU name can hide other hardware (machine_match)
+        log.warning("the %s latency prediction comes from %s, measured on %s (%s); this machine is %s (%s): it may "
+                    "not hold here (measure this machine's table with `%s`)", fmt, table.path, meta.device,
+                    meta.details.get("machine", {}).get("cpu_signature", "-"), this_machine(target),
+                    cpu_signature() or "-", profile_command(target, spec.space, spec.input_size))  # fmt: skip
+    return Prediction(network.latency_ms, str(table.path), meta.device)

@@ -43,6 +43,21 @@ def test_genotype_that_does_not_fit_the_space(tmp_path):
     _fails("exactly one of --run", run=str(search), genotype="DARTS_V2")
 
 
+def test_network_shape_is_checked_wherever_it_comes_from(train_run, tmp_path):
+    """Flags, a weights record or a hand-edited run config: a shape that does not build, or builds no cells."""
+    imagenet = {"stem": "imagenet", "init_channels": 5, "layers": 3}
+    _fails("init channels must be even with the imagenet stem, got 5", genotype="DARTS_V2", shape=imagenet, **SHAPES)
+    _fails("width multiplier must lie in \\(0, 4\\], got 8", genotype="PROXYLESS_MOBILE", shape={"width_mult": 8},
+           **SHAPES)  # fmt: skip
+    for field, match in (("layers", "layers must be >= 1, got 0"), ("init_channels", "init channels must be >= 2")):
+        edited = tmp_path / field
+        edited.mkdir()
+        stored = json.loads((train_run / "config.json").read_text())
+        stored["config"][field] = 0
+        (edited / "config.json").write_text(json.dumps(stored))
+        _fails(match, run=str(edited))
+
+
 @needs_litert
 def test_weights_that_do_not_match(train_run, tmp_path):
     spec = resolve_spec(run=str(train_run), shape={"init_channels": 8})

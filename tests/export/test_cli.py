@@ -12,6 +12,7 @@ def test_export_a_train_run(cli, train_run, tmp_path):
     assert "model.onnx" in result.stdout and f"report: {out / 'export_report.json'}" in result.stdout
     (row,) = json.loads((out / "export_report.json").read_text())
     assert row["format"] == "onnx" and row["input_layout"] == "NCHW" and row["max_abs_error"] <= 1e-4
+    assert row["check_informative"] is True  # a trained network's outputs vary with its input
     trained = json.loads((train_run / "summary.json").read_text())
     assert (row["params"], row["macs"]) == (trained["params"], trained["macs"]) and row["macs"] > 0
     assert f"{row['params']} parameters, {row['macs'] / 1e6:.1f}M MACs" in result.stdout

@@ -1,12 +1,17 @@
 """Exports of a DARTS-cell and a mobile-space network to ONNX and TFLite, checked numerically here as well."""
 
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from hwnas.errors import HwnasError
 from hwnas.export import ExportOptions, build_network, export_network, resolve_spec
 from hwnas.export.onnx import OnnxModel
 from hwnas.export.pipeline import QUANTIZED_AGREEMENT
@@ -130,3 +135,30 @@ def test_int8_export_of_cells_with_average_pooling(tmp_path):
     (row,) = export_network(spec, ExportOptions(("tflite",), tmp_path / "out", quantize="int8",
                                                 calibration_batches=1, protocol=FAST))  # fmt: skip
     assert row.file == "model_int8.tflite" and row.top1_agreement >= QUANTIZED_AGREEMENT
+
+
+OTHER_FILESYSTEM = Path("/dev/shm")  # tmpfs on Linux
+
+
+@pytest.mark.skipif(not OTHER_FILESYSTEM.is_dir(), reason="needs /dev/shm")
+@pytest.mark.parametrize("existing", [False, True])
+def test_out_is_a_link_to_another_filesystem(tmp_path, existing):
+    """--out linked to a directory on another filesystem than its parent: the files are written on the target's."""
+    target = Path(tempfile.mkdtemp(dir=OTHER_FILESYSTEM))
+    try:
+        if os.stat(target).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the temporary directory's filesystem here")
+        if not existing:
+            target.rmdir()  # a dangling link: the export cannot go through it
+        (tmp_path / "out").symlink_to(target)
+        spec = resolve_spec(genotype="DARTS_V2", shape={"init_channels": 4, "layers": 3}, input_size=SIZE,
+                            in_channels=3, num_classes=4)  # fmt: skip
+        if existing:
+            export_network(spec, ExportOptions(("onnx",), tmp_path / "out", protocol=FAST))
+            assert sorted(p.name for p in target.iterdir()) == ["export_report.json", "model.onnx"]
+        else:
+            with pytest.raises(HwnasError, match="cannot move the export into .*out: "):
+                export_network(spec, ExportOptions(("onnx",), tmp_path / "out", protocol=FAST))
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the link, and nothing beside it
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

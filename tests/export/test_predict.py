@@ -1,14 +1,16 @@
 """The table prediction of a whole exported network: its layers keyed as the tables are, summed, corrected."""
 
 import dataclasses
+import logging
 
 import pytest
 
 from hwnas.config import SearchConfig
-from hwnas.export import resolve_spec
-from hwnas.export.predict import network_op_configs, predicted_latency_ms
+from hwnas.export import ExportOptions, export_network, resolve_spec
+from hwnas.export.predict import network_op_configs, predicted_latency
 from hwnas.latency.catalogue import mobile_op_configs
-from hwnas.latency.table import NetworkCorrection
+from hwnas.latency.table import LatencyTable, NetworkCorrection
+from hwnas.profilers.protocol import Protocol
 from hwnas.spaces import get_space, load_genotype
 from tests.latency.helpers import make_table, of_this_machine
 
@@ -33,10 +35,12 @@ def test_mobile_prediction_sums_the_table(tables):
     for fmt, target in (("onnx", "onnxruntime"), ("tflite", "tflite")):
         assert tables[target].missing(layers) == []
         expected = sum(tables[target].lookup(op) for op in layers)
-        assert predicted_latency_ms(fmt, spec, threads=1) == pytest.approx(expected)
-        assert predicted_latency_ms(fmt, spec, threads=2) is None  # the table times 1 thread
+        prediction = predicted_latency(fmt, spec, threads=1)
+        assert prediction.latency_ms == pytest.approx(expected)
+        assert (prediction.table, prediction.device) == (str(tables[target].path), tables[target].metadata.device)
+        assert predicted_latency(fmt, spec, threads=2) is None  # the table times 1 thread
     small = resolve_spec(genotype="PROXYLESS_MOBILE", input_size=160, in_channels=3, num_classes=1000)
-    assert predicted_latency_ms("onnx", small, threads=1) is None  # no table at 160
+    assert predicted_latency("onnx", small, threads=1) is None  # no table at 160
 
 
 def test_darts_layers_are_the_space_catalogue_s():
@@ -54,8 +58,30 @@ def test_darts_layers_are_the_space_catalogue_s():
 def test_prediction_applies_the_table_s_network_correction(tables, tmp_path):
     spec = resolve_spec(genotype="PROXYLESS_MOBILE", input_size=224, in_channels=3, num_classes=1000)
     table = tables["onnxruntime"]
-    raw = predicted_latency_ms("onnx", spec, threads=1)
+    raw = predicted_latency("onnx", spec, threads=1).latency_ms
     correction = NetworkCorrection(1.2, 0.5, 50, "2026-01-01", 0.1)
     table.metadata = dataclasses.replace(table.metadata, network_correction=correction)
     table.save(tmp_path / "onnxruntime_mobile_224.json")
-    assert predicted_latency_ms("onnx", spec, threads=1) == pytest.approx(1.2 * raw + 0.5)
+    assert predicted_latency("onnx", spec, threads=1).latency_ms == pytest.approx(1.2 * raw + 0.5)
+
+
+def test_report_names_the_table_and_a_table_of_another_machine_is_warned_of(tmp_path, monkeypatch, caplog):
+    """The report row says which table priced the export; one measured elsewhere (here "test CPU") is taken, with a
+    warning, as a search takes it."""
+    monkeypatch.setenv("HWNAS_TABLES", str(tmp_path / "tables"))
+    spec = resolve_spec(genotype="DARTS_V2", shape={"init_channels": 4, "layers": 3}, input_size=16, in_channels=3,
+                        num_classes=4)  # fmt: skip
+    path = tmp_path / "tables" / "onnxruntime_darts_16.json"
+    path.parent.mkdir()
+    make_table(network_op_configs(spec), target="onnxruntime", space="darts", input_size=16).save(path)
+    options = ExportOptions(("onnx",), tmp_path / "out", protocol=Protocol(warmup_runs=1, runs=3, min_sample_ms=0.0))
+    with caplog.at_level(logging.WARNING, "hwnas.export.predict"):
+        (row,) = export_network(spec, options)
+    assert row.predicted_latency_ms > 0 and (row.latency_table, row.latency_table_device) == (str(path), "test CPU")
+    assert f"comes from {path}, measured on test CPU" in caplog.text
+    assert "hwnas profile --device onnxruntime --space darts --input-size 16" in caplog.text
+    of_this_machine(LatencyTable.load(path)).save(path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "hwnas.export.predict"):
+        (row,) = export_network(spec, options)
+    assert row.latency_table == str(path) and "measured on" not in caplog.text
