@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import (
@@ -29,7 +30,8 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
-from hwnas.config import FOLDER_DATASETS, DataConfig
+from hwnas import distributed
+from hwnas.config import DataConfig
 from hwnas.errors import HwnasError
 from hwnas.registry import Registry
 
@@ -167,9 +169,28 @@ def _read_image(path: str):
 
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            return _eight_bits(Image.open(f), path).convert("RGB")
     except OSError as err:  # PIL's UnidentifiedImageError included
         raise HwnasError(f"cannot read image {path}: {err}") from None
+
+
+def _eight_bits(image, path: str):
+    """`image` with 8-bit pixels: PIL's convert("RGB") clips 16- and 32-bit grayscale at 255 (a 16-bit image turns
+    white) rather than scaling it. 16-bit modes (I;16*) and 32-bit integers (mode I, in which PIL opens some 16-bit
+    files) are scaled from the 16-bit range [0, 65535], an I image outside it refused; float pixels (mode F) have
+    no standard range and are refused."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise HwnasError(f"image {path} has floating-point pixels (mode F), whose range is unknown: save it with "
+                         "8- or 16-bit pixels")  # fmt: skip
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    pixels = np.asarray(image, dtype=np.int64)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise HwnasError(f"image {path} has 32-bit pixels outside the 16-bit range [0, 65535] (mode {image.mode}): "
+                         "save it with 8- or 16-bit pixels")  # fmt: skip
+    return Image.fromarray(((pixels * 255 + 65535 // 2) // 65535).astype(np.uint8))  # rounded to the nearest
 
 
 @DATASETS.register("imagefolder")
@@ -192,12 +213,35 @@ def imagefolder(cfg: DataConfig) -> Splits:
 
 
 # -- splits and loaders ------------------------------------------------------------------------------------------
-def check_data(cfg: DataConfig) -> None:
-    """The cheap checks (known dataset, data directory present), before anything is written."""
-    cfg.validate()
-    DATASETS.get(cfg.dataset)
-    if cfg.dataset in FOLDER_DATASETS:
-        _data_dir(cfg)
+def check_data(cfg: DataConfig, batch_size: int | None = None, processes: int = 1, search: bool = False) -> None:
+    """Every check of the data that can be made before anything is written: a known dataset, its directory's
+    layout and files (by loading its splits, as the run will: an image folder's index of files, no image decoded;
+    the arrays of digits and CIFAR-10), and, given the global `batch_size` over `processes`, that the splits
+    trained on (a search's two portions when `search`) give each process a step."""
+    splits = load_splits(cfg)
+    if batch_size is not None:
+        n = len(splits.train)
+        sizes = _portion_sizes(n, cfg.train_portion) if search else {"train split": n}
+        check_steps(sizes, batch_size, processes)
+
+
+def check_batch(batch_size: int, processes: int) -> None:
+    """The global `batch_size` divides among `processes` into batches of at least 2: training-mode BatchNorm
+    normalises a channel over the batch and the map, and the mobile space's last maps are 1x1 at small images."""
+    distributed.check_batch_size(batch_size, processes)
+    if batch_size // processes < 2:
+        raise HwnasError(f"--batch-size {batch_size} gives each of {processes} process(es) a batch of 1: "
+                         "training-mode BatchNorm needs at least 2 examples per process")  # fmt: skip
+
+
+def check_steps(sizes: dict[str, int], batch_size: int, processes: int) -> None:
+    """Each split of `sizes` (name -> examples) gives each process at least one training step of the global
+    `batch_size` (`shard_loader` drops a last batch of one example, the whole of a split of one per process)."""
+    check_batch(batch_size, processes)
+    for name, n in sizes.items():
+        if not len(_shard_batches(range(n), batch_size, 0, 0, processes, 0)):
+            raise HwnasError(f"the {name} has {n} example(s), too few for one training step of {processes} "
+                             "process(es): each needs at least 2 examples a step")  # fmt: skip
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -205,14 +249,27 @@ def load_splits(cfg: DataConfig) -> Splits:
     return DATASETS.get(cfg.dataset)(cfg)
 
 
+def _portion_cut(n: int, train_portion: float) -> int:
+    """How many of the train split's `n` examples train a search's weights (the rest update α)."""
+    cut = int(round(n * train_portion))
+    if cut < 1 or cut >= n:
+        raise HwnasError(f"train portion {train_portion} leaves an empty split of {n} examples")
+    return cut
+
+
+def _portion_sizes(n: int, train_portion: float) -> dict[str, int]:
+    """A search's two portions of a train split of `n`, by name (for `check_steps`)."""
+    cut = _portion_cut(n, train_portion)
+    portion = f"train split (--train-portion {train_portion:g})"
+    return {f"weights' part of the {portion}": cut, f"α's part of the {portion}": n - cut}
+
+
 def search_splits(cfg: DataConfig) -> tuple[Splits, Dataset, Dataset]:
     """The train split cut by `train_portion` into (weights, α) halves, seeded by the data seed."""
     splits = load_splits(cfg)
     n = len(splits.train)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    cut = int(round(n * cfg.train_portion))
-    if cut < 1 or cut >= n:
-        raise HwnasError(f"train portion {cfg.train_portion} leaves an empty split of {n} examples")
+    cut = _portion_cut(n, cfg.train_portion)
     return splits, Subset(splits.train, order[:cut]), Subset(splits.train, order[cut:])
 
 
@@ -238,11 +295,15 @@ def shard_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, num_r
     dropped here, from the sizes alone, so every rank and a resumed run count the same steps. The loader is for
     training-mode steps (a search's α steps included); evaluation in eval mode keeps every example (`make_loader`).
     """
+    batches = SkipBatches(_shard_batches(dataset, batch_size, seed, epoch, num_replicas, rank), skip_batches)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
+
+
+def _shard_batches(dataset, batch_size: int, seed: int, epoch: int, num_replicas: int, rank: int) -> BatchSampler:
+    """`shard_loader`'s batches of indices, a last one of one example dropped."""
     sampler = DistributedSampler(dataset, num_replicas, rank, shuffle=True, seed=_order_seed(seed, epoch))
     shard = batch_size // num_replicas
-    batches = BatchSampler(sampler, shard, drop_last=shard > 1 and len(sampler) % shard == 1)
-    batches = SkipBatches(batches, skip_batches)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
+    return BatchSampler(sampler, shard, drop_last=shard > 1 and len(sampler) % shard == 1)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,

@@ -17,6 +17,17 @@ class HwnasError(Exception):
     """
 
 
+def error_message(err: HwnasError) -> str:
+    """`err`'s one-line message, also where torch re-raised it from a DataLoader worker: torch makes a new error
+    of the same type whose message is "Caught HwnasError in DataLoader worker process 0.", then the worker's whole
+    traceback, which ends with the original's `hwnas.errors.HwnasError: <message>`."""
+    text = str(err)
+    original = f"\n{HwnasError.__module__}.{HwnasError.__qualname__}: "
+    if text.startswith(f"Caught {HwnasError.__name__} ") and original in text:
+        return text.rpartition(original)[2].strip()
+    return text
+
+
 def first_line_error(what: str, err: BaseException) -> HwnasError:
     """`what` failed, with the exception's type and the first line of its message (converters' and unpicklers'
     are long, and torch's coloured)."""

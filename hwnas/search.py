@@ -27,7 +27,7 @@ from tqdm import tqdm
 from hwnas import distributed
 from hwnas.complexity import count_macs, count_parameters
 from hwnas.config import SearchConfig
-from hwnas.data import check_data, search_splits, shard_loader
+from hwnas.data import check_data, check_steps, search_splits, shard_loader
 from hwnas.device import memory_format, placement
 from hwnas.errors import HwnasError
 from hwnas.run import CheckpointClock, EpochSoFar, RunDir, rng_state, seed_everything, set_rng_state
@@ -55,10 +55,10 @@ def _means(totals: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: totals["sum"][k] / totals["count"][k] for k in sorted(totals["sum"])}
 
 
-def check_search_config(cfg: SearchConfig) -> None:
-    """Everything about `cfg` that can be checked before a run directory is written."""
+def check_search_config(cfg: SearchConfig, processes: int = 1) -> None:
+    """Everything about `cfg` that can be checked before a run directory is written, for `processes`."""
     cfg.validate()
-    check_data(cfg.data)
+    check_data(cfg.data, cfg.batch_size, processes, search=True)
     space = get_space(cfg.space)
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
     space.check_search(cfg, strategy.supernet_options().get("partial_channels", 1))
@@ -110,6 +110,8 @@ def run_search(
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
     strategy.placement = place
     splits, train_set, val_set = search_splits(cfg.data)
+    check_steps({"weights' part of the train split": len(train_set), "α's part of the train split": len(val_set)},
+                cfg.batch_size, world)  # fmt: skip
     supernet = space.build_supernet(cfg, splits.in_channels, splits.num_classes, **strategy.supernet_options())
     supernet = place.module(supernet)  # built on the CPU from the seed, so it starts alike on every device
     strategy.prepare(supernet)

@@ -123,6 +123,29 @@ def test_bad_data_directories(tmp_path):
 
 
 @needs_torchvision
+def test_16_and_32_bit_grayscale_images_are_scaled_to_8_bits(tmp_path):
+    """A mid-grey in 16 bits (I;16, I;16B) and in mode I reads as the mid-grey of an 8-bit image, not white (PIL
+    clips them at 255); float pixels, of no standard range, are refused."""
+    from PIL import Image
+
+    grey16, grey8 = np.full((6, 6), 128 * 257, np.uint16), np.full((6, 6), 128, np.uint8)
+    images = {"i16": Image.fromarray(grey16), "i16b": Image.fromarray(grey16.astype(">u2")),
+              "i32": Image.fromarray(grey16).convert("I"), "l": Image.fromarray(grey8)}  # fmt: skip
+    for split in ("train", "val"):
+        for cls, image in images.items():
+            (tmp_path / split / cls).mkdir(parents=True)
+            image.save(tmp_path / split / cls / ("x.tif" if cls in ("i16b", "i32") else "x.png"))
+    splits = load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=6))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for x, _y in splits.train:
+        torch.testing.assert_close(x * std + mean, torch.full_like(x, 128 / 255))
+    Image.fromarray(np.full((6, 6), 0.5, np.float32)).save(tmp_path / "train" / "l" / "f.tif")
+    splits = load_splits(DataConfig(dataset="imagefolder", data_dir=str(tmp_path), image_size=6))
+    with pytest.raises(HwnasError, match=r"f.tif has floating-point pixels \(mode F\)"):
+        list(splits.train)
+
+
+@needs_torchvision
 def test_an_unreadable_image_is_named(tmp_path):
     from PIL import Image
 

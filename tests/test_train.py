@@ -11,6 +11,7 @@ from hwnas import train as train_module
 from hwnas.complexity import count_parameters
 from hwnas.errors import Interrupted
 from hwnas.run import RunDir
+from hwnas.spaces.darts import DARTS_V1, DARTS_V2
 from hwnas.train import augment, build_model, run_train
 from tests.conftest import StoppedHere, stop_when_metrics_reach, tiny_train_config
 
@@ -196,6 +197,28 @@ def test_training_killed_then_resumed_equals_uninterrupted(tmp_path, monkeypatch
             run_train(cfg, killed, progress=False)
     resumed = run_train(cfg, killed, progress=False)
     _assert_same_run(tmp_path, straight, resumed)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_keeps_its_own_genotype(tmp_path, monkeypatch):
+    """The run's genotype.json is written as it starts: a resume before any checkpoint builds the network from it,
+    not from the --genotype file, which has changed since."""
+    source = tmp_path / "genotype.json"
+    source.write_text(json.dumps(DARTS_V1.to_json()))
+    cfg = tiny_train_config(genotype=str(source), epochs=1)
+    run = RunDir.create(tmp_path / "run", "train", cfg.to_json())
+
+    def dies_before_the_first_step(*args, **kwargs):
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "shard_loader", dies_before_the_first_step)
+        with pytest.raises(_Killed):
+            run_train(cfg, run, progress=False)
+    assert run.load_checkpoint() is None
+    source.write_text(json.dumps(DARTS_V2.to_json()))
+    result = run_train(cfg, run, progress=False)
+    assert result.summary["genotype"] == DARTS_V1.to_json()
+    assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == DARTS_V1.to_json()
 
 
 def test_a_stop_between_the_checkpoint_and_the_metrics_is_mended_by_the_resume(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from hwnas.errors import HwnasError, Interrupted, ctrl_c_recorded
+from hwnas.errors import HwnasError, Interrupted, ctrl_c_recorded, error_message
 
 COMMANDS = {
     "search": "search an architecture (DARTS, PC-DARTS, GDAS, ProxylessNAS, random) on a supernet",
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         with ctrl_c_recorded():
             return int(args.run(args) or 0)
     except HwnasError as err:
-        print(f"hwnas: error: {err}", file=sys.stderr)
+        print(f"hwnas: error: {error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         from hwnas.distributed import reports_interrupt

@@ -12,6 +12,7 @@ from typing import Any
 
 from hwnas import distributed
 from hwnas.cli.common import default_run_dir
+from hwnas.data import check_batch
 from hwnas.device import placement
 from hwnas.errors import HwnasError, resumable_by
 from hwnas.run import RunDir
@@ -48,9 +49,9 @@ def _positive_seconds(text: str) -> float:
 
 
 def check_processes(cfg, processes: int) -> None:
-    """That `cfg`'s global batch divides among `processes` and that each has its device: under torchrun this
-    process's own; for `--nproc N` the last process's, so that every one has a GPU."""
-    distributed.check_batch_size(cfg.batch_size, processes)
+    """That `cfg`'s global batch divides among `processes`, into batches of at least 2, and that each has its
+    device: under torchrun this process's own; for `--nproc N` the last process's, so that every one has a GPU."""
+    check_batch(cfg.batch_size, processes)
     placement(cfg.device, cfg.sync_bn, processes, None if distributed.env_world_size() > 1 else processes - 1)
 
 

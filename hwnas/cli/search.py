@@ -146,6 +146,6 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[SearchConfig, str
             cfg = cfg.replace(multiplier=min(cfg.multiplier, cfg.steps))
         for names, applies, what in ONLY_WITH:
             refuse_unless(applies(cfg), {f"--{n.replace('_', '-')}": getattr(args, n) for n in names}, what)
-    check_search_config(cfg)
+    check_search_config(cfg, processes)
     parallel.check_processes(cfg, processes)
     return cfg, args.resume or args.run_dir

@@ -94,7 +94,7 @@ def _config(args: argparse.Namespace, processes: int) -> tuple[TrainConfig, str 
         from hwnas.spaces import load_genotype
 
         cfg.validate()
-        check_data(cfg.data)
+        check_data(cfg.data, cfg.batch_size, processes)
         if args.train_portion is not None:
             raise HwnasError("--train-portion splits a search's data; training uses the whole train split")
         genotype = load_genotype(cfg.genotype)  # a bad genotype fails before the run directory exists

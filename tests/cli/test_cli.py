@@ -1,5 +1,6 @@
 """The CLI through a subprocess, as a user runs it: smoke runs and every bad input (one line, exit code 2)."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from tests.conftest import ROOT
 PLOTTED = ["--dataset", "fake", "--image-size", "8", "--init-channels", "4", "--layers", "3", "--batch-size", "16",
            "--no-progress", "--device", "cpu"]  # fmt: skip
 TINY = [*PLOTTED, "--no-plots"]  # the PNGs take a tiny search 3 s
+needs_torchvision = pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                                       reason="torchvision (extra `vision`) not installed")  # fmt: skip
 
 
 def _one_line_error(result, *fragments):
@@ -134,7 +137,8 @@ def test_published_genotype_by_name(cli, tmp_path):
         (["search", "--dataset", "cifar10"], ["needs --data-dir"]),
         (["search", "--dataset", "cifar10", "--data-dir", "/no/such/dir"], ["/no/such/dir does not exist"]),
         (["search", "--target", "mobile", "--latency", "fast"], ["malformed latency 'fast'"]),
-        (["search", "--target", "mobile", "--latency", "-5ms"], ["latency budget must be positive, got '-5ms'"]),
+        (["search", "--target", "mobile", "--latency", "-5ms"], ["latency budget must be positive and finite, got"]),
+        (["search", "--target", "mobile", "--latency", "1e999ms"], ["latency budget must be positive and finite"]),
         (
             ["search", "--target", "tflite", "--latency", "50ms", "--measured-repairs", "-1"],
             ["measured repairs must be >= 0, got -1"],
@@ -266,6 +270,64 @@ def test_resume_errors(cli, tmp_path):
     _one_line_error(cli("search", "--resume", str(run), "--no-progress"), "corrupt checkpoint")
     (run / "config.json").write_text("{truncated")
     _one_line_error(cli("search", "--resume", str(run)), "config.json is corrupt")
+
+
+def _image_folder(root, per_class: dict[str, tuple[int, int]]) -> None:
+    """train/<class>/ and val/<class>/ holding (train, val) 8x8 PNGs per class (no folder for 0)."""
+    from PIL import Image
+
+    for cls, counts in per_class.items():
+        for split, n in zip(("train", "val"), counts):
+            if n:
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / split / cls / f"{i}.png")
+
+
+@needs_torchvision
+def test_an_error_in_a_loader_process_is_one_line(cli, tmp_path):
+    """An unreadable image met by a --workers process: its own one-line error, not torch's re-raised traceback."""
+    _image_folder(tmp_path / "images", {"a": (3, 2), "b": (3, 2)})
+    (tmp_path / "images" / "train" / "a" / "zz.jpg").write_text("notanimage")
+    result = cli("train", *TINY, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"),
+                 "--genotype", "DARTS_V1", "--epochs", "1", "--batch-size", "8", "--workers", "1", "--run-dir",
+                 str(tmp_path / "run"))  # fmt: skip
+    _one_line_error(result, "cannot read image", "zz.jpg: cannot identify image file")
+    assert "DataLoader worker" not in result.stderr
+
+
+@needs_torchvision
+@pytest.mark.parametrize(
+    "command,layout,args,fragments",
+    [
+        ("search", "empty", [], ["needs train/ and val/"]),
+        ("train", "empty", [], ["needs train/ and val/"]),
+        ("search", "empty", ["--dataset", "cifar10"], ["has no cifar-10-batches-py/ folder"]),
+        ("train", "empty_class", [], ["Found no valid file for the classes c"]),
+        ("search", "other_classes", [], ["train/ and val/ have different classes"]),
+        ("search", "one_per_class", [], ["the weights' part of the train split (--train-portion 0.5) has 1 example",
+                                         "too few for one training step"]),
+        ("train", "one_example", [], ["the train split has 1 example(s), too few for one training step"]),
+        ("search", "digits", ["--dataset", "digits", "--train-portion", "0.001"], ["has 1 example(s), too few"]),
+        ("train", "fake", ["--batch-size", "1"], ["--batch-size 1 gives each of 1 process(es) a batch of 1",
+                                                  "BatchNorm needs at least 2"]),
+    ],
+)  # fmt: skip
+def test_data_a_run_cannot_use_is_refused_before_its_directory(cli, tmp_path, command, layout, args, fragments):
+    """A data directory of the wrong layout, a split too small for one training step, a batch of 1 per process:
+    one line, and no run directory."""
+    images = tmp_path / "images"
+    images.mkdir()
+    per_class = {"empty_class": {"a": (2, 1), "c": (0, 1)}, "other_classes": {"a": (2, 1), "c": (0, 1)},
+                 "one_per_class": {"a": (1, 1), "b": (1, 1)}, "one_example": {"a": (1, 1)}}.get(layout, {})  # fmt: skip
+    _image_folder(images, per_class)
+    if layout == "empty_class":
+        (images / "train" / "c").mkdir()
+    data = [] if layout in ("digits", "fake") else ["--dataset", "imagefolder", "--data-dir", str(images)]
+    genotype = ["--genotype", "DARTS_V1"] if command == "train" else []
+    result = cli(command, *TINY, *data, *genotype, *args, "--run-dir", str(tmp_path / "run"))
+    _one_line_error(result, *fragments)
+    assert not (tmp_path / "run").exists()
 
 
 def test_runs_resume_from_any_directory_and_keep_their_genotype(cli, tmp_path):
