@@ -134,31 +134,46 @@ def _data_dir(cfg: DataConfig) -> Path:
     return path
 
 
+CIFAR10_BATCHES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}  # train: 5 files
+
+
+class Cifar10Batches(Dataset):
+    """One CIFAR-10 split read from its python batches as torchvision's CIFAR10 reads them (rows of 3072 bytes:
+    the R, G, B planes of a 32x32 image; labels 0-9), as PIL images through `transform`. A module-level class, so
+    that `--workers` processes started by spawn (macOS, Windows) can unpickle it."""
+
+    def __init__(self, folder: Path, train: bool, transform: Callable):
+        data, labels = [], []
+        for name in CIFAR10_BATCHES[train]:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(int(label) for label in batch["labels"])
+        self.images = np.concatenate(data).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
+        self.labels, self.transform = labels, transform
+        if len(self.images) != len(labels):
+            raise ValueError(f"{len(self.images)} images but {len(labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
 @DATASETS.register("cifar10")
 def cifar10(cfg: DataConfig) -> Splits:
     """CIFAR-10 in its python format (`cifar-10-batches-py/` under --data-dir); never downloaded."""
     root = _data_dir(cfg)
-    if not (root / "cifar-10-batches-py").is_dir():
+    folder = root / "cifar-10-batches-py"
+    if not folder.is_dir():
         raise HwnasError(f"{root} has no cifar-10-batches-py/ folder (the CIFAR-10 python version)")
-    datasets = import_torchvision().datasets
-
-    class LocalCIFAR10(datasets.CIFAR10):
-        """Never downloads, so checks that the batch files are present rather than their download checksums."""
-
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / name).is_file() for name, _md5 in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
     tf = _transform(cfg, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     try:
-        train = LocalCIFAR10(str(root), train=True, transform=tf, download=False)
-        test = LocalCIFAR10(str(root), train=False, transform=tf, download=False)
-    except (RuntimeError, OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        train, test = Cifar10Batches(folder, True, tf), Cifar10Batches(folder, False, tf)
+    except (OSError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as err:
         raise HwnasError(f"cannot read CIFAR-10 from {root}: {type(err).__name__}: {err}") from None
     return Splits(train, test, 3, 10)
 

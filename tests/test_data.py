@@ -88,6 +88,9 @@ def test_cifar10_from_its_python_format(tmp_path):
             torch.testing.assert_close(x, (pixels - mean.view(3, 1, 1)) / std.view(3, 1, 1))
     resized = load_splits(DataConfig(dataset="cifar10", data_dir=str(tmp_path), image_size=16))
     assert resized.train[0][0].shape == (3, 16, 16)
+    # --workers processes started by spawn (macOS, Windows) get the dataset pickled: no local class in it
+    unpickled = pickle.loads(pickle.dumps(splits.train))
+    torch.testing.assert_close(unpickled[3][0], splits.train[3][0])
 
 
 @needs_torchvision
