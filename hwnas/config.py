@@ -115,6 +115,7 @@ def width_mult_check(width_mult: float) -> tuple[bool, str]:
 # the flags/fields that shape a network of each space (its genotype gives the rest; a mobile network's width
 # lives in its genotype, which the width flag rewrites)
 SHAPE_FIELDS = {"darts": ("init_channels", "layers", "stem"), "mobile": ("width_mult",)}
+ALL_SHAPE_FIELDS = tuple(sorted({f for fields in SHAPE_FIELDS.values() for f in fields}))
 
 
 def darts_shape_checks(init_channels: int, layers: int, stem: str) -> list[tuple[bool, str]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from hwnas.cli.common import explicit, quiet_exporters
 from hwnas.cli.train import add_network_arguments
+from hwnas.config import ALL_SHAPE_FIELDS
 
-SHAPE_FLAGS = ("init_channels", "layers", "stem", "width_mult")
 DATA_FLAGS = ("dataset", "data_dir")
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.run_path,
         genotype=args.genotype,
         weights=args.weights,
-        shape=explicit(args, SHAPE_FLAGS),
+        shape=explicit(args, ALL_SHAPE_FIELDS),
         data=explicit(args, DATA_FLAGS),
         input_size=args.input_size,
         in_channels=args.in_channels,

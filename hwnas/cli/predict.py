@@ -10,11 +10,9 @@ import json
 import os
 
 from hwnas.cli.common import explicit
-from hwnas.config import SHAPE_FIELDS, STEMS, SearchConfig, TrainConfig, check_all, shape_fields_check
+from hwnas.config import ALL_SHAPE_FIELDS, STEMS, SearchConfig, TrainConfig, check_all, shape_fields_check
 from hwnas.errors import HwnasError
 from hwnas.ops.opconfig import OpConfig
-
-ALL_SHAPE_FIELDS = sorted({f for fields in SHAPE_FIELDS.values() for f in fields})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
