@@ -386,12 +386,9 @@ def phone_table_scores(tables_dir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def rescore(path: Path) -> int:
+def rescore(path: Path, tables_dir: Path) -> int:
     """Score the timings stored in `path` again, against the tables they were compared with: no measuring."""
     stored = json.loads(path.read_text())
-    settings = stored["settings"]
-    sampled = sample_archs(settings["calibration"] + settings["archs"], settings["skip_prob"], settings["seed"])
-    by_id = {arch_id(a): a for a in sampled}
     for runtime in RUNTIMES:
         old = stored.get(runtime)
         if old is None:
@@ -399,6 +396,9 @@ def rescore(path: Path) -> int:
         if "passes_ms" not in old:
             log.warning("%s: %s keeps no per-pass timings (measured before they were stored); kept", runtime, path)
             continue
+        settings = old.get("settings", stored["settings"])  # a runtime's own: runs into one file may differ
+        sampled = sample_archs(settings["calibration"] + settings["archs"], settings["skip_prob"], settings["seed"])
+        by_id = {arch_id(a): a for a in sampled}
         table = LatencyTable.load(ROOT / old["table"]["path"])
         if table.metadata.date != old["table"]["date"]:
             log.warning("%s: %s was re-profiled (%s) since these timings (%s)", runtime, table.path,
@@ -406,8 +406,10 @@ def rescore(path: Path) -> int:
         archs = [by_id[i] for i in old["arch_ids"]]
         passes = [dict(zip(old["arch_ids"], row)) for row in old["passes_ms"]]
         stored[runtime] = analyse(runtime, table, archs, passes, old["n_calibration"])
+        if "settings" in old:
+            stored[runtime]["settings"] = settings
         log.info("%s: %s", runtime, json.dumps({k: v for k, v in stored[runtime].items() if "pct" in k}))
-    stored["phone_tables"] = phone_table_scores(ROOT / "latency_tables")
+    stored["phone_tables"] = phone_table_scores(tables_dir)
     write_json_atomic(path, stored)
     log.info("rescored %s", path)
     return 0
@@ -438,7 +440,7 @@ def main() -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     if args.rescore:
-        return rescore(args.out)
+        return rescore(args.out, args.tables)
     if args.measure_pass:
         runtime, index = args.measure_pass[0], int(args.measure_pass[1])
         archs = json.loads(args.archs_file.read_text())
@@ -457,6 +459,17 @@ def main() -> int:
             export_all(runtime, archs, args.cache, args.jobs)
     if args.export_only:
         return 0
+    settings = {
+        "archs": args.archs,
+        "calibration": args.calibration,
+        "skip_prob": args.skip_prob,
+        "seed": args.seed,
+        "passes": args.passes,
+        "threads": 1,
+        "input_size": INPUT_SIZE,
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
+    }
     results = {}
     for runtime in runtimes:
         table = resolve_target(runtime, "mobile", INPUT_SIZE)  # this machine's table first, as a search takes
@@ -468,21 +481,12 @@ def main() -> int:
         chosen_file = args.cache / f"archs_{runtime}_{len(chosen)}.json"
         write_json_atomic(chosen_file, chosen)
         passes = run_passes(runtime, chosen_file, chosen, args.cache, args.passes)
-        results[runtime] = analyse(runtime, table, chosen, passes, n_cal)
+        # each runtime keeps the settings it was measured with: a later run of other runtimes into the same file
+        # replaces the top-level ones, which --rescore would otherwise rebuild these architectures from
+        results[runtime] = {**analyse(runtime, table, chosen, passes, n_cal), "settings": settings}
         log.info("%s: %s", runtime, json.dumps({k: v for k, v in results[runtime].items() if "pct" in k}))
     results["phone_tables"] = phone_table_scores(args.tables)
-    results["settings"] = {
-        "archs": args.archs,
-        "calibration": args.calibration,
-        "skip_prob": args.skip_prob,
-        "seed": args.seed,
-        "passes": args.passes,
-        "threads": 1,
-        "input_size": INPUT_SIZE,
-        "date": datetime.date.today().isoformat(),
-        "machine": _machine(),
-        "wall_s_last_run": round(time.time() - started),
-    }
+    results["settings"] = {**settings, "wall_s_last_run": round(time.time() - started)}
     merged = json.loads(args.out.read_text()) if args.out.exists() else {}  # other runtimes' earlier results
     write_json_atomic(args.out, {**merged, **results})
     log.info("wrote %s", args.out)

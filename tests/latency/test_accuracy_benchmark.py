@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -41,3 +42,34 @@ def test_one_anomalous_layer_is_named_and_carries_the_error(bench):
     before = bench.scores(held_out, measured)
     assert worst["within_10pct_if_exact"] >= before["within_10pct"]
     assert worst["within_5pct_if_exact"] > before["within_5pct"]
+
+
+def test_runs_into_one_file_keep_their_settings_and_rescore(bench, tmp_path, monkeypatch):
+    """A second run (other runtimes, other settings) into the same --out replaced the settings the first one's
+    architectures were drawn with: --rescore then rebuilt other architectures (KeyError). Measuring is stubbed."""
+
+    def analyse(runtime, table, archs, passes, n_cal):
+        return {"n_calibration": n_cal, "arch_ids": [bench.arch_id(a) for a in archs], "passes": len(passes),
+                "passes_ms": [[1.0] * len(archs)] * len(passes), "table": {"path": "t.json", "date": None}}  # fmt: skip
+
+    monkeypatch.setattr(bench, "export_all", lambda *args: None)
+    monkeypatch.setattr(bench, "resolve_target", lambda runtime, space, size: f"latency_tables/{runtime}.json")
+    monkeypatch.setattr(
+        bench, "run_passes", lambda runtime, f, archs, cache, n: [dict.fromkeys(map(bench.arch_id, archs), 1.0)] * n
+    )
+    monkeypatch.setattr(bench, "analyse", analyse)
+    monkeypatch.setattr(bench, "phone_table_scores", lambda tables: {"tables": str(tables)})
+    out = tmp_path / "accuracy.json"
+    for runtime, archs, passes, seed in (("onnxruntime", 6, 4, 0), ("cpu", 4, 3, 1)):
+        monkeypatch.setattr("sys.argv", ["latency_accuracy.py", "--out", str(out), "--cache", str(tmp_path / "cache"),
+                                         "--runtimes", runtime, "--archs", str(archs), "--calibration", "2",
+                                         "--passes", str(passes), "--seed", str(seed)])  # fmt: skip
+        assert bench.main() == 0
+    stored = bench.json.loads(out.read_text())
+    assert (stored["onnxruntime"]["settings"]["seed"], stored["cpu"]["settings"]["seed"]) == (0, 1)
+    monkeypatch.setattr(bench.LatencyTable, "load", lambda path: SimpleNamespace(metadata=SimpleNamespace(date=None)))
+    monkeypatch.setattr("sys.argv", ["latency_accuracy.py", "--out", str(out), "--rescore", "--tables", str(tmp_path)])
+    assert bench.main() == 0
+    rescored = bench.json.loads(out.read_text())
+    assert rescored["onnxruntime"]["arch_ids"] == stored["onnxruntime"]["arch_ids"]
+    assert rescored["phone_tables"] == {"tables": str(tmp_path)}  # --rescore reads --tables as a run does
