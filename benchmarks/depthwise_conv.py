@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hwnas.cli.common import int_at_least
 from hwnas.kernels import backend
 from hwnas.kernels.depthwise_conv import OP, depthwise_conv2d_backward_reference
 from hwnas.profilers.protocol import machine_metadata
@@ -33,7 +34,8 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "depthwise_conv.jso
 log = logging.getLogger("depthwise_conv")
 
 # (op, channels, H = W, kernel, stride, dilation): DARTS ops on the default supernet's three stages (C = 16, 32,
-# 64 at 32, 16, 8 pixels; reduction edges read the previous stage at stride 2) and PC-DARTS's quarter of them
+# 64 at 32, 16, 8 pixels; the reduction cells starting the second and third read their C channels at twice the
+# size, at stride 2) and PC-DARTS's quarter of them
 DARTS_OPS = {"sep_conv_3x3": (3, 1), "sep_conv_5x5": (5, 1), "dil_conv_3x3": (3, 2), "dil_conv_5x5": (5, 2)}
 STAGES = ((16, 32), (32, 16), (64, 8))
 MBCONV = [(f"mbconv_k{k}", c, hw, k, s, 1) for k in (3, 5, 7) for c, hw, s in ((96, 16, 1), (144, 16, 2), (240, 8, 1))]
@@ -42,10 +44,11 @@ MBCONV = [(f"mbconv_k{k}", c, hw, k, s, 1) for k in (3, 5, 7) for c, hw, s in ((
 def configs() -> list[tuple[str, int, int, int, int, int]]:
     rows = []
     for name, (k, d) in DARTS_OPS.items():
-        for c, hw in STAGES:
+        for stage, (c, hw) in enumerate(STAGES):
             for channels in (c, c // 4):
                 rows.append((name, channels, hw, k, 1, d))
-            rows.append((name, c, 2 * hw, k, 2, d))  # reduction edge
+                if stage > 0:  # a reduction edge
+                    rows.append((name, channels, 2 * hw, k, 2, d))
     return rows + MBCONV
 
 
@@ -119,9 +122,9 @@ def summary(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per filter (median)")
+    parser.add_argument("--batch", type=int_at_least(1), default=16)
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--rounds", type=int_at_least(1), default=15, help="timed rounds per filter (median)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

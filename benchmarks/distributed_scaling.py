@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from hwnas.cli.common import int_at_least
+from hwnas.run import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "distributed_scaling.json"
 log = logging.getLogger("distributed_scaling")
@@ -175,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", nargs="+", choices=["search", "train"], default=["search", "train"],
                         help="what steps (default: both)")  # fmt: skip
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (default 1 2)")
-    parser.add_argument("--batch-per-proc", type=int, default=32, help="examples per process and step")
-    parser.add_argument("--image-size", type=int, default=16, help="input resolution (default 16)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU process (default 1)")
-    parser.add_argument("--reference-threads", type=int, default=2,
+    parser.add_argument("--procs", type=int_at_least(1), nargs="+", default=[1, 2], help="process counts (default 1 2)")
+    parser.add_argument("--batch-per-proc", type=int_at_least(2), default=32, help="examples per process and step")
+    parser.add_argument("--image-size", type=int_at_least(4), default=16, help="input resolution (default 16)")
+    parser.add_argument("--steps", type=int_at_least(1), default=5, help="timed steps (median)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads per CPU process (default 1)")
+    parser.add_argument("--reference-threads", type=int_at_least(0), default=2,
                         help="also time 1 CPU process with this many threads (0: no such row)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
     parser.add_argument("--worker", choices=["search", "train"], help=argparse.SUPPRESS)  # one rank's work
@@ -205,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     add_scaling(rows, args.threads)
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"cpu_count": os.cpu_count(), "torch": torch.__version__, "rows": rows},
-                                    indent=1) + "\n")  # fmt: skip
+    write_json_atomic(args.json, {"cpu_count": os.cpu_count(), "torch": torch.__version__, "rows": rows})
     log.info("wrote %s", args.json)
     return 0
 

@@ -50,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+from hwnas.cli.common import int_at_least
 from hwnas.run import write_json_atomic
 
 VARIANTS = ("naive", "fused", "pc_naive", "pc_fused", "discrete")
@@ -285,11 +286,13 @@ def _backends(args, variant: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch-sizes", type=int_at_least(1), nargs="+", default=[16, 32, 64])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--repeats", type=int, help="timed rounds, one step per backend each (default 5; 20 on CUDA)")
+    parser.add_argument(
+        "--repeats", type=int_at_least(1), help="timed rounds, one step per backend each (default 5; 20 on CUDA)"
+    )
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -297,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         default=["auto"],
         help="$HWNAS_KERNELS values the fused variants run under (default auto)",
     )
-    parser.add_argument("--cycles", type=int, default=3, help="timing cycles over the variants (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--layers", type=int, default=8, help="cells of the networks (default 8, as DARTS searches)")
+    parser.add_argument("--cycles", type=int_at_least(1), default=3, help="timing cycles over the variants (default 3)")
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--layers", type=int_at_least(1), default=8, help="cells of the networks (default 8, as DARTS searches)"
+    )
     parser.add_argument(
         "--layout",
         choices=("auto", "nchw", "nhwc"),
@@ -309,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--timing-worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.layers < 1:
-        parser.error(f"--layers must be >= 1, got {args.layers}")
     if args.repeats is None:
         args.repeats = 20 if args.device.startswith("cuda") else 5
     if args.layout == "auto":

@@ -25,6 +25,21 @@ def quiet_exporters() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum` (argparse names the flag in its one-line error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def parse_latency_ms(text: str) -> float:
     """'80ms', '80', '0.08s', '1500us' -> milliseconds."""
     match = _LATENCY.match(str(text))

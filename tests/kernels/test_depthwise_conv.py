@@ -176,3 +176,32 @@ def test_autocast_convolves_in_its_type_and_double_backward_is_torchs(native_ops
         if fn is not None:
             native_gw = gw
     torch.testing.assert_close(native_gw, gw)
+
+
+def test_benchmark_times_the_darts_filters_a_search_runs():
+    """benchmarks/depthwise_conv.py's DARTS rows are the depthwise filters of its supernet (C=16, 8 cells, 32x32),
+    whole and PC-DARTS's quarter of the channels: it timed reduction edges at 64 pixels no search runs, and none at
+    PC-DARTS's channels, and its totals summed those."""
+    from hwnas.ops.darts import DARTS_PRIMITIVES
+    from hwnas.spaces.darts import DartsSupernet
+    from hwnas.supernet.mixed import PartialChannel, WeightedSum
+    from tests.latency.helpers import load_benchmark
+
+    names = {(3, 1): "sep_conv_3x3", (5, 1): "sep_conv_5x5", (3, 2): "dil_conv_3x3", (5, 2): "dil_conv_5x5"}
+    seen = set()
+
+    def record(module, inputs, output):
+        (k, _), (d, _), (s, _) = module.kernel_size, module.dilation, module.stride
+        seen.add((names[k, d], module.in_channels, inputs[0].shape[-1], k, s, d))
+
+    for k, mixing in ((1, WeightedSum()), (4, PartialChannel())):
+        torch.manual_seed(0)
+        net = DartsSupernet(16, 10, 8, 3, DARTS_PRIMITIVES, partial_channels=k, edge_normalization=k > 1)
+        net.set_mixing(mixing)
+        for m in net.modules():
+            if isinstance(m, DepthwiseConv2dModule):
+                m.register_forward_hook(record)
+        with torch.no_grad():
+            net(torch.randn(2, 3, 32, 32))
+    rows = {row for row in load_benchmark("depthwise_conv").configs() if not row[0].startswith("mbconv")}
+    assert rows == seen

@@ -37,10 +37,19 @@ def test_rows_hold_memory_and_round_robin_times(tmp_path: Path):
     assert "x naive" in done.stdout and "x 1st backend" in done.stdout  # the printed table
 
 
-def test_no_cells_is_a_one_line_error(capsys):
+@pytest.mark.parametrize(
+    ("benchmark", "flag", "value", "minimum"),
+    [("search_memory", "--layers", "0", 1), ("search_memory", "--cycles", "0", 1),
+     ("search_memory", "--repeats", "0", 1), ("search_memory", "--batch-sizes", "0", 1),
+     ("depthwise_conv", "--rounds", "0", 1), ("distributed_scaling", "--steps", "0", 1),
+     ("distributed_scaling", "--batch-per-proc", "1", 2)],
+)  # fmt: skip
+def test_out_of_range_options_are_one_line_errors(capsys, benchmark, flag, value, minimum):
+    """No cells, no cycles or timed rounds, no batch: an IndexError or a StatisticsError after minutes of work."""
     with pytest.raises(SystemExit) as stop:
-        load_benchmark("search_memory").main(["--layers", "0"])
-    assert stop.value.code == 2 and capsys.readouterr().err.strip().endswith("--layers must be >= 1, got 0")
+        load_benchmark(benchmark).main([flag, value])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err.endswith(f"argument {flag}: expected an integer >= {minimum}, got '{value}'")
 
 
 def test_max_batch_extrapolates_a_least_squares_line():
