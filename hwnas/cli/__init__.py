@@ -71,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    previous = _stop_on_sigterm()
+    sigterm = _SigtermStop.install()
     try:
         with ctrl_c_recorded():
-            return int(args.run(args) or 0)
+            try:
+                return int(args.run(args) or 0)
+            finally:
+                sigterm.reporting = True
     except HwnasError as err:
         print(f"hwnas: error: {error_message(err)}", file=sys.stderr)
         return 2
@@ -89,21 +92,34 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        sigterm.restore()
 
 
-def _stop_on_sigterm():
+class _SigtermStop:
     """SIGTERM raises `Interrupted` (exit code 143) instead of killing the process where it stands, so that what
     is open closes: the processes a command started, temporary files. A run's training loop asks for more
-    (`hwnas.run.CheckpointClock`: a checkpoint first). Returns the handler it replaced (None off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    (`hwnas.run.CheckpointClock`: a checkpoint first). Once the command has ended and `main` reports, a SIGTERM
+    (a launcher stopping the others of a failed multi-process run) exits quietly with the same code: raised there,
+    `Interrupted` printed a traceback beside the report. Off the main thread, nothing is installed."""
 
-    def stop(signum, frame):
+    def __init__(self, previous):
+        self.previous, self.reporting = previous, False
+
+    @classmethod
+    def install(cls) -> _SigtermStop:
+        stop = cls(None)
+        if threading.current_thread() is threading.main_thread():
+            stop.previous = signal.signal(signal.SIGTERM, stop)
+        return stop
+
+    def __call__(self, signum, frame):
+        if self.reporting:
+            raise SystemExit(128 + signum)
         raise Interrupted(reason="stopped by SIGTERM", exit_code=128 + signum)
 
-    return signal.signal(signal.SIGTERM, stop)
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 if __name__ == "__main__":
