@@ -71,7 +71,7 @@ class LatencyModel:
             return genotype, []
         probs = {g: p.detach().double() for g, p in supernet.probabilities().items()}
         decisions = supernet.decisions(genotype)
-        changes = []
+        derived = list(decisions)
         correction = self.table.metadata.network_correction
         slope = correction.a if correction is not None else 1.0  # network ms per summed ms
 
@@ -96,9 +96,14 @@ class LatencyModel:
                 move = best_move(direction)
                 if move is None:  # no replacement left in this direction: the budget is out of the space's range
                     break
-                _score, i, to_row, alt, delta = move
-                group, row, k = decisions[i]
+                _score, i, to_row, alt, _delta = move
+                decisions[i] = (decisions[i][0], to_row, alt)
+        # the net changes, one per decision that differs from the derived one: the greedy steps may pass through
+        # intermediate choices (k7_e3 -> k5_e6 -> k7_e6 is the one change k7_e3 -> k7_e6)
+        changes = []
+        for (group, row, k), (_group, to_row, alt) in zip(derived, decisions):
+            if (row, k) != (to_row, alt):
+                delta = slope * float(self.group_ms[group][to_row, alt] - self.group_ms[group][row, k])
                 change = {"group": group, "row": row, "from": k, "to": alt, "delta_ms": delta}
                 changes.append(change if to_row == row else {**change, "to_row": to_row})
-                decisions[i] = (group, to_row, alt)
         return supernet.with_decisions(genotype, decisions), changes

@@ -196,6 +196,22 @@ class SearchCell(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _keep_two(strength: torch.Tensor) -> torch.Tensor:
+    """w_j = min(1, t·s_j) with Σ_j w_j = 2 (every s_j > 0 at 1 where fewer than three are): the probability that
+    a node keeps input j, proportional to its strength but at most 1. At most one input is capped, so t is
+    (2 - m) / Σ of the other strengths for m = 0 or 1 capped, the largest; differentiable in the strengths."""
+    if int((strength.detach() > 0).sum()) <= 2:
+        return (strength > 0).to(strength)
+    top = int(strength.detach().argmax())
+    t = 2 / strength.sum()
+    if float(t.detach() * strength[top].detach()) <= 1:
+        return t * strength
+    rest = torch.ones_like(strength, dtype=torch.bool)
+    rest[top] = False
+    weights = strength / strength[rest].sum()  # the one capped input aside, the other one is shared by the rest
+    return torch.where(rest, weights, torch.ones_like(strength))
+
+
 def add_stem(net: nn.Module, stem: str, in_channels: int, c: int, stem_multiplier: int) -> tuple[int, int, bool]:
     """Give `net` the `stem` (`net.stem`, or `net.stem0` and `net.stem1`, as the DARTS code names them).
 
@@ -343,9 +359,10 @@ class DartsSupernet(Supernet):
     def expected_cost(self, group_costs: dict[str, torch.Tensor]) -> torch.Tensor:
         """E[cost] of the derived cells: per node, the two edges kept out of its inputs.
 
-        Node i keeps 2 of its incoming edges, chosen by strength s_j = Σ_{k≠none} p_jk; an edge is kept with
-        probability ≈ 2·s_j / Σ_j s_j and then carries op k with probability p_jk / s_j, so the node's expected
-        cost is 2 · Σ_j Σ_{k≠none} p_jk c_jk / Σ_j s_j. Exact for one-hot α with two non-none inputs per node.
+        Node i keeps 2 of its incoming edges, chosen by strength s_j = Σ_{k≠none} p_jk (β's scale included under
+        edge normalisation); a kept edge carries op k with probability p_jk / s_j (β cancels), and edge j is kept
+        with probability w_j = min(1, t·s_j), t such that Σ_j w_j = 2 (`_keep_two`: 2·s_j / Σ s when no edge
+        dominates, never above 1). Exact for one-hot α with two non-none inputs per node, whatever β.
         """
         probs = self.probabilities()
         keep = torch.tensor([p != "none" for p in self.primitives])
@@ -355,8 +372,9 @@ class DartsSupernet(Supernet):
             offset = 0
             for i in range(self.steps):
                 rows = slice(offset, offset + 2 + i)
-                strength = p[rows].sum()
-                total = total + 2 * (p[rows] * cost[rows].to(p)).sum() / strength.clamp_min(1e-12)
+                strength = p[rows].sum(dim=1)  # (inputs,)
+                op_cost = (p[rows] * cost[rows].to(p)).sum(dim=1) / strength.clamp_min(1e-12)
+                total = total + (_keep_two(strength) * op_cost).sum()
                 offset += 2 + i
         return total
 
@@ -611,7 +629,8 @@ class DartsSpace(SearchSpace):
 
     def fixed_op_configs(self, cfg, input_size: int) -> list[OpConfig]:
         in_channels = getattr(cfg, "in_channels", 3)
-        fixed = stem_op_configs(cfg.stem, input_size, in_channels, cfg.init_channels, cfg.stem_multiplier)
+        # the derived network's stem (NETWORK_STEM_MULTIPLIER, as network_op_configs), whatever the supernet's
+        fixed = stem_op_configs(cfg.stem, input_size, in_channels, cfg.init_channels, NETWORK_STEM_MULTIPLIER)
         c_p = cfg.multiplier * self._cell_shapes(cfg, input_size)[-1][2]
         hw_last = stem_output_size(cfg.stem, input_size)
         for reduction, _hw, _c in self._cell_shapes(cfg, input_size):

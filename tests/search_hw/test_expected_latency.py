@@ -97,9 +97,9 @@ def test_expected_latency_gradient_by_finite_differences(synthetic_table, correc
     assert grad[0, 6] == 0  # `zero` is not a candidate of a stage's first block
 
 
-def _darts(cfg, size=16):
+def _darts(cfg, size=16, **supernet_options):
     space = get_space("darts")
-    net = space.build_supernet(cfg, 3, 10).double()
+    net = space.build_supernet(cfg, 3, 10, **supernet_options).double()
     configs = [c for edge in space.edge_op_configs(cfg, size) for c in edge] + space.fixed_op_configs(cfg, size)
     table = make_table(configs, target="synthetic", space="darts", input_size=size)
     return space, net, table, LatencyModel(space, cfg, table, net)
@@ -143,11 +143,18 @@ def test_missing_keys_are_predicted(synthetic_table):
         _mobile(without([k for k in synthetic_table.entries if k.startswith("Conv-")]))
 
 
-def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
+@pytest.mark.parametrize("edge_normalization", [False, True])
+def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha(edge_normalization):
+    """PC-DARTS's β scales the edges of a node unequally: E[LAT] was their β-weighted mean (times 2), not the sum
+    of the two kept edges, and β had a latency gradient that could not change the derived cell."""
     cfg = SearchConfig(init_channels=4, layers=3)
-    _space, net, _table, model = _darts(cfg)
+    _space, net, _table, model = _darts(cfg, edge_normalization=edge_normalization)
     genotype = load_genotype("DARTS_V2")
     _one_hot(net, genotype, cfg.steps)
+    if edge_normalization:
+        with torch.no_grad():
+            for beta in (net.beta_normal, net.beta_reduce):
+                beta.normal_(generator=torch.Generator().manual_seed(1)).mul_(2)
     derived = net.derive()
 
     def per_node(edges):
@@ -155,7 +162,21 @@ def test_darts_cell_expected_latency_is_exact_for_one_hot_alpha():
 
     assert per_node(derived.normal) == per_node(genotype.normal)
     assert per_node(derived.reduce) == per_node(genotype.reduce)
-    assert float(model.expected_ms(net).detach()) == pytest.approx(model.architecture_ms(net, genotype), rel=1e-9)
+    expected = model.expected_ms(net)
+    assert float(expected.detach()) == pytest.approx(model.architecture_ms(net, genotype), rel=1e-9)
+    if edge_normalization:
+        grads = torch.autograd.grad(expected, [net.beta_normal, net.beta_reduce])
+        assert all(float(g.abs().max()) < 1e-9 for g in grads)
+
+
+def test_darts_latency_prices_the_derived_network_s_stem():
+    """The derived network's stem has NETWORK_STEM_MULTIPLIER x init channels whatever the supernet's: priced with
+    the supernet's stem multiplier, architecture_ms differed from the table's sum over the network's layers."""
+    cfg = SearchConfig(init_channels=4, layers=3, stem_multiplier=1)
+    space, net, table, model = _darts(cfg)
+    genotype = load_genotype("DARTS_V2")
+    layers = space.network_op_configs(genotype, cfg, 16)
+    assert model.architecture_ms(net, genotype) == pytest.approx(table.sum_ms(layers), rel=1e-9)
 
 
 @pytest.mark.parametrize("slowest", [False, True])
@@ -320,3 +341,21 @@ def test_shipped_pixel1_table_range():
     assert model.min_ms(net) == pytest.approx(30, abs=3)
     assert model.max_ms(net) == pytest.approx(191, abs=3)
     assert not model.predicted_keys
+
+
+def test_repair_reports_net_changes(synthetic_table):
+    """The greedy steps may pass through an intermediate choice (k7_e3 -> k5_e6 -> k7_e6): the changes logged and
+    kept in summary.json are the net ones, one per block that changed, adding up to the latency moved (they were
+    the steps: on some budgets of this sweep, more entries than blocks changed)."""
+    _space, _cfg, net, model = _mobile(synthetic_table)
+    low, high = model.min_ms(net), model.max_ms(net)
+    for seed in range(6):
+        with torch.no_grad():
+            net.alpha.normal_(generator=torch.Generator().manual_seed(seed)).mul_(2)
+        derived = net.derive()
+        for i in range(41):
+            genotype, changes = model.repair(net, derived, low + (high - low) * i / 40)
+            changed = [a != b for a, b in zip(net.decisions(derived), net.decisions(genotype))]
+            assert len(changes) == sum(changed) and all(c["from"] != c["to"] for c in changes)
+            moved = model.architecture_ms(net, genotype) - model.architecture_ms(net, derived)
+            assert sum(c["delta_ms"] for c in changes) == pytest.approx(moved, abs=1e-9)
