@@ -235,9 +235,7 @@ def check_data(cfg: DataConfig, batch_size: int | None = None, processes: int = 
     trained on (a search's two portions when `search`) give each process a step."""
     splits = load_splits(cfg)
     if batch_size is not None:
-        n = len(splits.train)
-        sizes = _portion_sizes(n, cfg.train_portion) if search else {"train split": n}
-        check_steps(sizes, batch_size, processes)
+        check_steps(trained_splits(cfg, len(splits.train), search), batch_size, processes)
 
 
 def check_batch(batch_size: int, processes: int) -> None:
@@ -272,10 +270,13 @@ def _portion_cut(n: int, train_portion: float) -> int:
     return cut
 
 
-def _portion_sizes(n: int, train_portion: float) -> dict[str, int]:
-    """A search's two portions of a train split of `n`, by name (for `check_steps`)."""
-    cut = _portion_cut(n, train_portion)
-    portion = f"train split (--train-portion {train_portion:g})"
+def trained_splits(cfg: DataConfig, n: int, search: bool) -> dict[str, int]:
+    """What a run trains on out of a train split of `n`, by name -> examples (for `check_steps`): a search's two
+    portions, or the whole split."""
+    if not search:
+        return {"train split": n}
+    cut = _portion_cut(n, cfg.train_portion)
+    portion = f"train split (--train-portion {cfg.train_portion:g})"
     return {f"weights' part of the {portion}": cut, f"α's part of the {portion}": n - cut}
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from hwnas import distributed
 from hwnas.complexity import count_macs, count_parameters
 from hwnas.config import SearchConfig
-from hwnas.data import check_data, check_steps, search_splits, shard_loader
+from hwnas.data import check_data, check_steps, search_splits, shard_loader, trained_splits
 from hwnas.device import memory_format, placement
 from hwnas.errors import HwnasError
 from hwnas.run import CheckpointClock, EpochSoFar, RunDir, rng_state, seed_everything, set_rng_state
@@ -110,8 +110,7 @@ def run_search(
     strategy = STRATEGIES.get(cfg.strategy)(cfg)
     strategy.placement = place
     splits, train_set, val_set = search_splits(cfg.data)
-    check_steps({"weights' part of the train split": len(train_set), "α's part of the train split": len(val_set)},
-                cfg.batch_size, world)  # fmt: skip
+    check_steps(trained_splits(cfg.data, len(splits.train), search=True), cfg.batch_size, world)
     supernet = space.build_supernet(cfg, splits.in_channels, splits.num_classes, **strategy.supernet_options())
     supernet = place.module(supernet)  # built on the CPU from the seed, so it starts alike on every device
     strategy.prepare(supernet)
@@ -327,9 +326,8 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
     machine's timings drifted since the table was made), then time the result. The try kept is the best by
     `_measured_rank`. A measurement that cannot run here is a warning: it must not fail a finished search.
     """
-    from hwnas.latency.targets import HOST_DEVICES, is_shipped, machine_match, profile_command
+    from hwnas.latency.targets import HOST_DEVICES, is_shipped, machine_match, other_machine, profile_command
     from hwnas.profilers import Protocol, get_profiler
-    from hwnas.profilers.protocol import cpu_signature
 
     meta = latency.table.metadata
     if meta.target not in HOST_DEVICES:  # tables whose profiler can time a network on this machine
@@ -353,10 +351,9 @@ def _measured_on_host(cfg: SearchConfig, latency, supernet, genotype, summary: d
         mine = machine_match(latency.table) > 0
         if not mine:
             this_machine = profile_command(meta.target, cfg.space, latency.input_size, "--calibrate 60")
-            log.warning("the %s table was measured on %s (%s); this machine is %s (%s): the derived network is "
-                        "not re-derived from measurements here (measure this machine's table with `%s`)",
-                        meta.target, meta.device, meta.details.get("machine", {}).get("cpu_signature", "-"),
-                        here, cpu_signature() or "-", this_machine)  # fmt: skip
+            log.warning("the %s table was %s: the derived network is not re-derived from measurements here "
+                        "(measure this machine's table with `%s`)", meta.target, other_machine(latency.table, here),
+                        this_machine)  # fmt: skip
         rederivations = cfg.measured_repairs if mine else 0
         while len(tried) <= rederivations and any(_measured_rank(*best()[1:3], budget)):
             ratio = sum(measured / estimate for _g, estimate, measured, _c in tried) / len(tried)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from hwnas import distributed
 from hwnas.complexity import count_macs, count_parameters
 from hwnas.config import TrainConfig, grad_clip_for
-from hwnas.data import check_steps, load_splits, make_loader, shard_loader
+from hwnas.data import check_steps, load_splits, make_loader, shard_loader, trained_splits
 from hwnas.device import placement, to_device
 from hwnas.errors import HwnasError
 from hwnas.run import CheckpointClock, EpochSoFar, RunDir, save_torch_atomic, seed_everything
@@ -164,7 +164,7 @@ def run_train(cfg: TrainConfig, run: RunDir, progress: bool = True, plots: bool 
     main = rank == 0
     seed_everything(cfg.seed)
     splits = load_splits(cfg.data)
-    check_steps({"train split": len(splits.train)}, cfg.batch_size, world)
+    check_steps(trained_splits(cfg.data, len(splits.train), search=False), cfg.batch_size, world)
     state = run.load_checkpoint()
     so_far = EpochSoFar.from_checkpoint(state)
     # written when the run starts, so a resume, even one before the first checkpoint, never re-reads

@@ -35,8 +35,7 @@ def predicted_latency(fmt: str, spec: NetworkSpec, threads: int) -> Prediction |
     came from, or None when the runtime has no table for the space at this input size and thread count. A table
     measured on another machine is taken (none may exist for this one), with a warning."""
     from hwnas.latency.predictor import estimate_network
-    from hwnas.latency.targets import machine_match, profile_command, resolve_target, this_machine
-    from hwnas.profilers.protocol import cpu_signature
+    from hwnas.latency.targets import machine_match, other_machine, profile_command, resolve_target, this_machine
 
     target = TARGETS[fmt]
     try:
@@ -58,10 +57,8 @@ def predicted_latency(fmt: str, spec: NetworkSpec, threads: int) -> Prediction |
                  len(network.rows), table.path)  # fmt: skip
     if table.metadata.network_correction is None:
         log.info("%s has no network correction (hwnas profile --calibrate): predicting the plain sum", table.path)
-    meta = table.metadata
     if machine_match(table) == 0:  # as a search warns: a VM's CPU name can hide other hardware (machine_match)
-        log.warning("the %s latency prediction comes from %s, measured on %s (%s); this machine is %s (%s): it may "
-                    "not hold here (measure this machine's table with `%s`)", fmt, table.path, meta.device,
-                    meta.details.get("machine", {}).get("cpu_signature", "-"), this_machine(target),
-                    cpu_signature() or "-", profile_command(target, spec.space, spec.input_size))  # fmt: skip
-    return Prediction(network.latency_ms, str(table.path), meta.device)
+        log.warning("the %s latency prediction comes from %s, %s: it may not hold here (measure this machine's "
+                    "table with `%s`)", fmt, table.path, other_machine(table, this_machine(target)),
+                    profile_command(target, spec.space, spec.input_size))  # fmt: skip
+    return Prediction(network.latency_ms, str(table.path), table.metadata.device)

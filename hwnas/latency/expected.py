@@ -78,17 +78,21 @@ class LatencyModel:
         def total() -> float:
             return self.decision_ms(decisions)
 
+        def added_ms(group: str, row: int, k: int, to_row: int, alt: int) -> float:
+            """Network ms added (> 0) or saved (< 0) by taking candidate `alt` of `to_row` for `k` of `row`."""
+            return slope * float(self.group_ms[group][to_row, alt] - self.group_ms[group][row, k])
+
         def best_move(direction: int):
             best = None
             for i, (group, row, k) in enumerate(decisions):
-                cost, p = self.group_ms[group], probs[group]
+                p = probs[group]
                 for to_row, alt in supernet.alternatives(decisions, i):
-                    delta = slope * float(cost[to_row, alt] - cost[row, k])  # network ms added (> 0) or saved (< 0)
+                    delta = added_ms(group, row, k, to_row, alt)
                     if delta * direction <= 0 or (direction > 0 and total() + delta > budget_ms):
                         continue
                     score = float(p[row, k] - p[to_row, alt]) / abs(delta)
                     if best is None or score < best[0]:
-                        best = (score, i, to_row, alt, delta)
+                        best = (score, i, to_row, alt)
             return best
 
         for direction, needed in ((-1, lambda: total() > budget_ms), (1, lambda: total() < floor * budget_ms)):
@@ -96,14 +100,14 @@ class LatencyModel:
                 move = best_move(direction)
                 if move is None:  # no replacement left in this direction: the budget is out of the space's range
                     break
-                _score, i, to_row, alt, _delta = move
+                _score, i, to_row, alt = move
                 decisions[i] = (decisions[i][0], to_row, alt)
         # the net changes, one per decision that differs from the derived one: the greedy steps may pass through
         # intermediate choices (k7_e3 -> k5_e6 -> k7_e6 is the one change k7_e3 -> k7_e6)
         changes = []
         for (group, row, k), (_group, to_row, alt) in zip(derived, decisions):
             if (row, k) != (to_row, alt):
-                delta = slope * float(self.group_ms[group][to_row, alt] - self.group_ms[group][row, k])
-                change = {"group": group, "row": row, "from": k, "to": alt, "delta_ms": delta}
+                change = {"group": group, "row": row, "from": k, "to": alt,
+                          "delta_ms": added_ms(group, row, k, to_row, alt)}  # fmt: skip
                 changes.append(change if to_row == row else {**change, "to_row": to_row})
         return supernet.with_decisions(genotype, decisions), changes

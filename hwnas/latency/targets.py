@@ -63,6 +63,16 @@ def this_machine(target: str) -> str | None:
     return None
 
 
+def other_machine(table: LatencyTable, here: str | None) -> str:
+    """ "measured on <device> (<signature>); this machine is <here> (<signature>)": what the warnings about a table
+    of another machine (`machine_match` 0) say of it."""
+    from hwnas.profilers.protocol import cpu_signature
+
+    meta = table.metadata
+    recorded = meta.details.get("machine", {}).get("cpu_signature", "-")
+    return f"measured on {meta.device} ({recorded}); this machine is {here} ({cpu_signature() or '-'})"
+
+
 def machine_match(table: LatencyTable) -> int:
     """2: `table` was measured on this machine's device, to its CPU signature (family, model, stepping, L2) where
     the table records one, 1: on a device of this name whose signature the table does not record (tables made
